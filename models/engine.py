@@ -1,0 +1,132 @@
+"""The engine contract: what every generation backend (transformers, vLLM) returns.
+
+The cascade decides from the cheap model's own token logprobs, so an engine must hand back,
+for each generated token, the logprob of the chosen token and its top-k alternatives, all
+from the model's *raw* distribution (before temperature or top-p), as vLLM does by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["Engine", "EngineError", "EngineKind", "Generation", "SamplingSettings", "load_engine"]
+
+FinishReason = Literal["stop", "length"]
+
+
+class EngineError(RuntimeError):
+    """A backend failed to produce a generation (bad model path, device error, ...)."""
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How to decode. temperature == 0 means greedy."""
+
+    max_tokens: int = 32
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    top_logprobs: int = 5
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.top_logprobs <= 20:
+            raise ValueError(f"top_logprobs must be in [0, 20], got {self.top_logprobs}")
+        if any(not s for s in self.stop):
+            raise ValueError(f"stop strings must be non-empty, got {list(self.stop)}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One completion with the per-token evidence the cascade needs.
+
+    `top_logprobs[i]` lists up to k (token text, logprob) pairs for position i, best first;
+    `logprobs[i]` is the chosen token's logprob (which may lie outside the top k when sampling).
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    top_logprobs: tuple[tuple[tuple[str, float], ...], ...]
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int = field(default=-1)
+    # The same numbers as arrays, when the engine has them so (the feedback signal reads these:
+    # unpacking T x k Python pairs costs more than computing every feature).
+    logprob_values: np.ndarray | None = field(default=None, repr=False, compare=False)
+    top_logprob_values: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.completion_tokens == -1:
+            object.__setattr__(self, "completion_tokens", len(self.token_ids))
+        assert len(self.logprobs) == len(self.token_ids), "one logprob per generated token"
+
+    def logprob_array(self) -> np.ndarray:
+        """Chosen-token logprobs as a float64 vector, shape (T,)."""
+        if self.logprob_values is not None:
+            return self.logprob_values
+        return np.asarray(self.logprobs, dtype=np.float64)
+
+    def top_logprob_matrix(self) -> np.ndarray:
+        """Top-k logprobs as a (T, k) matrix, rows padded with -inf where fewer than k came."""
+        if self.top_logprob_values is not None:
+            return self.top_logprob_values
+        k = max((len(row) for row in self.top_logprobs), default=0)
+        out = np.full((len(self.top_logprobs), k), -np.inf)
+        for i, row in enumerate(self.top_logprobs):
+            out[i, : len(row)] = [lp for _, lp in row]
+        return out
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A generation backend. Implementations: HFEngine (transformers), VLLMEngine (vLLM)."""
+
+    name: str
+
+    async def generate(
+        self, prompts: Sequence[str], settings: SamplingSettings
+    ) -> list[Generation]:
+        """Complete every prompt (raw text, special tokens added by the tokenizer)."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes as a prompt, for the ingress's length limits."""
+        ...
+
+
+EngineKind = Literal["auto", "transformers", "vllm"]
+
+
+def load_engine(kind: EngineKind, model: str, **kwargs) -> Engine:
+    """Build an engine for a model name ('zoo:cheap', a hub id or a path).
+
+    `auto` picks vLLM when it can be imported, else transformers; callers log `engine.name` so
+    the choice is visible at start-up.
+    """
+    from models.zoo import resolve
+
+    path = resolve(model)
+    if kind == "auto":
+        from models.vllm_engine import vllm_available
+
+        kind = "vllm" if vllm_available() else "transformers"
+    if kind == "vllm":
+        from models.vllm_engine import VLLMEngine
+
+        return VLLMEngine(path, **kwargs)
+    if kind == "transformers":
+        from models.hf_engine import HFEngine
+
+        return HFEngine(path, **kwargs)
+    raise ValueError(f"unknown engine {kind!r}; choose auto, transformers or vllm")
