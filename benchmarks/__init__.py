@@ -1,0 +1,1 @@
+"""Speed benchmarks: each module prints a small table measured in one run."""

@@ -1,0 +1,184 @@
+"""`python -m calibration conformal`: calibrate a threshold, check it, write the artifact.
+
+    python -m calibration conformal --mode risk --alpha 0.05 --trials 200 [--seed N] --json \\
+        [--out artifacts/calibration.json]
+
+The threshold comes from the zoo's calibration split (the scorer, by default the quality
+estimator, is fitted on --fit-split first). The check pools the calibration and test splits
+and recalibrates on --trials random calibration/test partitions of the pool, reporting the
+mean of the guaranteed quantity and the share of trials whose test part violates the bound.
+--mode heuristic writes the seed's fixed limits instead (no data, no guarantee). `on_test`
+replays the cascade with the threshold on the test split, priced as serving prices the tiers
+(serve_config.yaml; --costs params or --policy FILE to change that), cost relative to
+always-strong = 1.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from calibration.commands.common import (
+    add_data_options,
+    describe_policy,
+    emit,
+    load_policy,
+    log,
+    zoo_root,
+)
+
+__all__ = ["register", "run"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("conformal", help="calibrate a conformal threshold and check it")
+    p.add_argument("--mode", required=True, choices=["budget", "recall", "risk", "heuristic"])
+    p.add_argument("--alpha", type=float, default=0.05, help="conformal level (default 0.05)")
+    p.add_argument("--trials", type=int, default=200, help="random partitions to check on")
+    p.add_argument(
+        "--calibration-fraction", type=float, default=0.5, help="pool share used to calibrate"
+    )
+    p.add_argument(
+        "--scorer", default="quality_estimator", help="registry name in calibration.scores"
+    )
+    add_data_options(p)
+    p.add_argument("--out", type=Path, default=None, help="write the calibration artifact here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run)
+
+
+def _text(r: dict) -> str:
+    lines = [
+        f"{r['mode']} alpha={r['alpha']}: threshold {r['threshold']:.6g} on {r['n_calibration']} "
+        f"calibration answers (scorer {r['scorer']}, conservative={r['conservative']})"
+    ]
+    c = r["check"]
+    if "bound" in c:
+        lines.append(
+            f"check over {c['trials']} partitions ({c['n_calibration']} cal / {c['n_test']} "
+            f"test): mean {c['mean']:.4f} (se {c['stderr']:.4f}) {c['direction']} "
+            f"{c['bound']:.4f}: {'holds' if c['holds'] else 'VIOLATED'}; "
+            f"{100 * c['violation_share']:.1f}% of trials beyond the bound; "
+            f"mean escalation rate {c['mean_escalation_rate']:.3f}"
+        )
+    else:
+        lines.append(f"check on the pool (no guarantee): {c}")
+    t = r.get("on_test")
+    if t:
+        lines.append(
+            f"on test: accuracy {t['accuracy']:.3f}, cost {t['cost_vs_always_strong']:.3f} of "
+            f"always-strong, escalation rate {t['escalation_rate']:.3f} "
+            f"(tiers from {r['policy_source']})"
+        )
+    if r.get("artifact"):
+        lines.append(f"artifact: {r['artifact']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from calibration.artifact import CascadeCalibration, ModelIdentity
+    from calibration.conformal import calibrate, empirical, trials
+    from calibration.evaluate import fit_quality_estimator, replay
+    from calibration.replay import load_split, model_fingerprint
+    from calibration.scores import ScorerSpec, SeedHeuristicScorer, get_scorer
+
+    if not 0 < args.alpha < 1:
+        raise SystemExit(f"--alpha must be in (0, 1), got {args.alpha}")
+    if args.trials < 1:
+        raise SystemExit(f"--trials must be >= 1, got {args.trials}")
+    root = zoo_root(args)
+    policy = load_policy(args, root)
+    tiers = tuple(policy.tier_names)
+    log(f"answers: calibration n={args.n_cal}, test n={args.n}, seed {args.seed} (cached)")
+    cal = load_split("calibration", args.n_cal, args.seed, root=root, tiers=tiers, router=None)
+    test = load_split("test", args.n, args.seed, root=root, tiers=tiers, router=None)
+    if args.mode == "heuristic":
+        scorer = SeedHeuristicScorer()
+    elif args.scorer == "quality_estimator":
+        log(f"fitting the quality estimator on {args.fit_split} n={args.n_fit}")
+        fit = load_split(args.fit_split, args.n_fit, args.seed, root=root, tiers=tiers, router=None)
+        scorer = fit_quality_estimator(fit)
+    else:
+        scorer = get_scorer(args.scorer)
+    model = ModelIdentity(
+        name=f"zoo:{tiers[0]}",
+        path=str(root / tiers[0]),
+        fingerprint=model_fingerprint(root / tiers[0]),
+    )
+
+    def scores(d):
+        return scorer.score_many(d.features[tiers[0]], d.feature_names)
+
+    pool_s = np.concatenate([scores(cal), scores(test)])
+    pool_w = np.concatenate([cal.wrong, test.wrong])
+    pool_r = np.concatenate([cal.strong_right, test.strong_right])
+    if args.mode == "heuristic":
+        artifact = CascadeCalibration.heuristic(model, n_calibration=0)
+        check = {
+            m: empirical(m, pool_s, artifact.threshold, pool_w, pool_r)
+            for m in ("budget", "recall", "risk")
+        }
+        check = {
+            "escalation_rate": check["budget"],
+            "recall": check["recall"],
+            "risk": check["risk"],
+            "n": len(pool_s),
+        }
+    else:
+        res = calibrate(
+            args.mode, scores(cal), args.alpha, wrong=cal.wrong, strong_right=cal.strong_right
+        )
+        artifact = CascadeCalibration(
+            scorer=ScorerSpec.of(scorer),
+            feedback=cal.feedback,
+            mode=args.mode,
+            alpha=args.alpha,
+            threshold=res.threshold,
+            n_calibration=res.n,
+            conservative=res.conservative,
+            model=model,
+            calibration_split=f"calibration seed={args.seed} n={args.n_cal}",
+            note=res.note,
+        )
+        log(f"checking over {args.trials} random partitions")
+        check = trials(
+            args.mode,
+            pool_s,
+            args.alpha,
+            wrong=pool_w,
+            strong_right=pool_r,
+            n_trials=args.trials,
+            calibration_fraction=args.calibration_fraction,
+            seed=args.seed,
+        ).as_dict()
+    escalate = {
+        t: scorer.score_many(test.features[t], test.feature_names) > artifact.threshold
+        for t in tiers[:-1]
+    }
+    acc, cost, esc, strong = replay(policy, test, escalate)
+    _, strong_cost, _, _ = replay(policy, test, {}, np.full(test.n, policy.top))
+    on_test = {
+        "accuracy": acc,
+        "cost_vs_always_strong": cost / strong_cost if strong_cost else cost,
+        "escalation_rate": esc,
+        "strong_share": strong,
+        "weak_accuracy": float(test.correct[tiers[0]].mean()),
+        "strong_accuracy": float(test.strong_right.mean()),
+    }
+    result = {
+        "mode": args.mode,
+        "alpha": None if args.mode == "heuristic" else args.alpha,
+        "threshold": artifact.threshold,
+        "conservative": artifact.conservative,
+        "n_calibration": artifact.n_calibration,
+        "scorer": artifact.scorer.name,
+        "check": check,
+        "on_test": on_test,
+        "policy_source": describe_policy(args),
+    }
+    if args.out is not None:
+        result["artifact"] = str(artifact.save(args.out))
+    emit(result, args.json, _text(result))
+    return 0

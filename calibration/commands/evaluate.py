@@ -1,0 +1,100 @@
+"""`python -m calibration evaluate`: replay every strategy on a split and summarise.
+
+    python -m calibration evaluate --split test [--seed N] [--n 1000] --json
+
+Generates each tier's answers once per (model, split, seed, n) (cached), fits the quality
+estimator on --fit-split, calibrates conformal thresholds on the calibration split, and
+writes the cost-quality plot to --out (default artifacts/). Tiers are priced as serving
+prices them (serve_config.yaml's tiers; --costs params or --policy FILE to change that);
+costs are reported relative to always-strong = 1.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from calibration.commands.common import (
+    add_data_options,
+    describe_policy,
+    emit,
+    load_policy,
+    log,
+    zoo_root,
+)
+
+__all__ = ["register", "run"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="offline cascade evaluation (APGR, CPT, cost-quality)")
+    p.add_argument("--split", default="test", help="split to evaluate on (default test)")
+    add_data_options(p)
+    p.add_argument("--out", type=Path, default=Path("artifacts"), help="folder for the PNG")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run)
+
+
+def _text(report: dict) -> str:
+    s = report["summary"]
+    lines = [
+        f"split {report['split']} n={report['n']}: cheap {s['weak_accuracy']:.3f}, "
+        f"strong {s['strong_accuracy']:.3f} (cost {s['always_strong_cost_raw']:.4g} per "
+        f"request = 1.0; tiers from {report.get('policy_source', '?')})",
+        f"best family {s['best_family']}: APGR {s['apgr']:.3f}, CPT50 {s['cpt50']}, "
+        f"CPT80 {s['cpt80']}; oracle APGR {s['oracle']['apgr']:.3f}",
+        f"{'family':32s} {'APGR':>7s} {'CPT50%':>8s} {'CPT80%':>8s}",
+    ]
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    for fam, m in sorted(s["families"].items(), key=lambda kv: -kv[1]["apgr"]):
+        lines.append(f"{fam:32s} {m['apgr']:7.3f} {fmt(m['cpt50']):>8s} {fmt(m['cpt80']):>8s}")
+    for key in (
+        "best_conformal",
+        "best_conformal_without_router",
+        "best_conformal_with_router",
+        "heuristic",
+        "seed_rules",
+    ):
+        p = s[key]
+        if p:
+            lines.append(
+                f"{key}: {p['name']} acc {p['accuracy']:.3f} cost {p['cost']:.3f} "
+                f"({100 * p['cost_vs_always_strong']:.0f}% of strong) PGR {p['pgr']:.3f}"
+            )
+    lines.append(f"criteria: {s['criteria']}")
+    if report.get("plot"):
+        lines.append(f"plot: {report['plot']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from calibration.evaluate import EvalSettings, evaluate
+    from calibration.plots import cost_quality_plot
+    from calibration.replay import load_split
+
+    if args.split in (args.fit_split, "calibration"):
+        raise SystemExit(
+            f"--split {args.split} is used to fit or calibrate; evaluate on another split"
+        )
+    root = zoo_root(args)
+    policy = load_policy(args, root)
+    tiers = policy.tier_names
+    log(
+        f"answers: {args.fit_split} (fit) n={args.n_fit}, calibration n={args.n_cal}, "
+        f"{args.split} n={args.n}, seed {args.seed} (cached after the first run)"
+    )
+    fit = load_split(args.fit_split, args.n_fit, args.seed, root=root, tiers=tiers)
+    cal = load_split("calibration", args.n_cal, args.seed, root=root, tiers=tiers)
+    test = load_split(args.split, args.n, args.seed, root=root, tiers=tiers)
+    log("replaying strategies")
+    report = evaluate(policy, test, cal, fit, EvalSettings(seed=args.seed))
+    report["policy_source"] = describe_policy(args)
+    if not args.no_plot:
+        path = args.out / f"cost_quality_{args.split}_s{args.seed}.png"
+        report["plot"] = str(cost_quality_plot(report, path))
+    emit(report, args.json, _text(report))
+    return 0

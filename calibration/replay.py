@@ -1,0 +1,259 @@
+"""Every tier's answers on a split, generated once and cached, for replaying strategies.
+
+Offline evaluation compares dozens of strategies on the same requests; generating answers is
+the only slow part, so each (model, split, seed, n) is generated once through
+`models.zoo.answer_queries` and stored as JSON under `$CASCADE_CACHE_DIR` (default
+`~/.cache/cascade-router/eval`). The key includes the model's fingerprint (a hash of its
+checkpoint files), so a rebuilt model never replays stale answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from calibration.feedback import FeedbackConfig, feature_matrix, feature_names
+from calibration.policy import TierConfig
+from models.engine import Generation
+from models.oracle import Policy, true_policy
+from models.tasks import Judgement, Task, judge, sample
+
+__all__ = [
+    "CACHE_VERSION",
+    "EvalSplit",
+    "cache_dir",
+    "load_split",
+    "model_fingerprint",
+    "param_count",
+    "zoo_tiers",
+]
+
+CACHE_VERSION = 1
+_HASH_CONTENT_BYTES = 64 << 20
+
+
+def cache_dir() -> Path:
+    """$CASCADE_CACHE_DIR, else ~/.cache/cascade-router/eval."""
+    default = Path.home() / ".cache" / "cascade-router" / "eval"
+    return Path(os.environ.get("CASCADE_CACHE_DIR", default))
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """A short hash that changes whenever the model does, and only then.
+
+    It hashes the checkpoint folder's own files: contents for files up to 64 MiB (configs,
+    tokenizers, small weights such as the zoo's), name + size + mtime for larger ones (real
+    checkpoints, where reading gigabytes per call would cost more than it protects). Files
+    outside the folder (the zoo's manifest, rewritten when artifacts are derived) do not
+    count, so an artifact's recorded fingerprint stays valid after such rewrites.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"no model folder at {model_dir}")
+    h = hashlib.sha256()
+    for f in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(model_dir)}:{st.st_size}".encode())
+        if st.st_size <= _HASH_CONTENT_BYTES:
+            h.update(f.read_bytes())
+        else:
+            h.update(str(st.st_mtime_ns).encode())
+    return h.hexdigest()[:16]
+
+
+def param_count(model_dir: str | Path) -> int:
+    """Parameters in a safetensors checkpoint, read from the file headers (no torch needed)."""
+    total = 0
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {model_dir}")
+    for f in files:
+        with f.open("rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+        for name, meta in header.items():
+            if name != "__metadata__":
+                total += int(np.prod(meta["shape"]))
+    return total
+
+
+def zoo_tiers(root: str | Path, names: Sequence[str] = ("cheap", "strong")) -> list[TierConfig]:
+    """Tier costs for the zoo: cost per request proportional to parameters (FLOPs per token
+    for these dense models at equal lengths), normalised so the top tier costs 1.0."""
+    counts = [param_count(Path(root) / n) for n in names]
+    return [
+        TierConfig(name=n, cost_per_request=round(c / counts[-1], 4))
+        for n, c in zip(names, counts, strict=True)
+    ]
+
+
+def _to_json(g: Generation) -> dict:
+    return {
+        "text": g.text,
+        "token_ids": list(g.token_ids),
+        "logprobs": list(g.logprobs),
+        "top_logprobs": [[list(p) for p in row] for row in g.top_logprobs],
+        "finish_reason": g.finish_reason,
+        "prompt_tokens": g.prompt_tokens,
+        "completion_tokens": g.completion_tokens,
+    }
+
+
+def _from_json(d: dict) -> Generation:
+    return Generation(
+        text=d["text"],
+        token_ids=tuple(d["token_ids"]),
+        logprobs=tuple(d["logprobs"]),
+        top_logprobs=tuple(tuple((t, lp) for t, lp in row) for row in d["top_logprobs"]),
+        finish_reason=d["finish_reason"],
+        prompt_tokens=d["prompt_tokens"],
+        completion_tokens=d["completion_tokens"],
+    )
+
+
+def _cache_path(kind: str, model_dir: Path, split: str, seed: int, n: int) -> Path:
+    key = json.dumps(
+        [CACHE_VERSION, kind, model_fingerprint(model_dir), str(model_dir), split, seed, n]
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return cache_dir() / f"{kind}-{model_dir.name}-{split}-s{seed}-n{n}-{digest}.json"
+
+
+def _write_atomic(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload))
+    tmp.replace(path)  # readers never see half a file
+
+
+def cached_answers(
+    model_dir: str | Path, tasks: list[Task], split: str, seed: int
+) -> list[Generation]:
+    """A model's greedy answers to `tasks` (= sample(split, len(tasks), seed)), cached."""
+    model_dir = Path(model_dir)
+    path = _cache_path("answers", model_dir, split, seed, len(tasks))
+    if path.is_file():
+        rows = json.loads(path.read_text())
+        if len(rows) == len(tasks):
+            return [_from_json(r) for r in rows]
+    from models.zoo import answer_queries
+
+    gens = answer_queries(model_dir, tasks)
+    _write_atomic(path, [_to_json(g) for g in gens])
+    return gens
+
+
+def cached_router_probs(router_dir: str | Path, tasks: list[Task], split: str, seed: int):
+    """The router's P(complex) per task, cached like the answers."""
+    router_dir = Path(router_dir)
+    path = _cache_path("router", router_dir, split, seed, len(tasks))
+    if path.is_file():
+        probs = json.loads(path.read_text())
+        if len(probs) == len(tasks):
+            return np.asarray(probs)
+    from models.zoo import route_probabilities
+
+    probs = route_probabilities(router_dir, [t.prompt for t in tasks])
+    _write_atomic(path, probs)
+    return np.asarray(probs)
+
+
+@dataclass
+class EvalSplit:
+    """One split's requests and every tier's recorded answers, judged and featurised.
+
+    Arrays are indexed by request; per-tier dicts are keyed by tier name, ladder order.
+    """
+
+    split: str
+    seed: int
+    tasks: list[Task]
+    tiers: list[str]
+    answers: dict[str, list[Generation]]
+    judgements: dict[str, list[Judgement]]
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    router_p: np.ndarray | None = None
+    features: dict[str, np.ndarray] = field(init=False)
+    correct: dict[str, np.ndarray] = field(init=False)
+    output_tokens: dict[str, np.ndarray] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.features = {t: feature_matrix(self.answers[t], self.feedback) for t in self.tiers}
+        self.correct = {
+            t: np.array([j == Judgement.correct for j in self.judgements[t]]) for t in self.tiers
+        }
+        self.output_tokens = {
+            t: np.array([len(g.token_ids) for g in self.answers[t]]) for t in self.tiers
+        }
+
+    @property
+    def n(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return feature_names(self.feedback)
+
+    @property
+    def wrong(self) -> np.ndarray:
+        """The cheapest tier's answer is not exactly right (partial counts as wrong)."""
+        return ~self.correct[self.tiers[0]]
+
+    @property
+    def strong_right(self) -> np.ndarray:
+        """The top tier's answer is exactly right."""
+        return self.correct[self.tiers[-1]]
+
+    @property
+    def needs_escalation(self) -> np.ndarray:
+        """The oracle matrix's verdict between the cheapest and the top tier: 'complex'."""
+        cheap, top = self.judgements[self.tiers[0]], self.judgements[self.tiers[-1]]
+        return np.array(
+            [true_policy(c, s) == Policy.complex for c, s in zip(cheap, top, strict=True)]
+        )
+
+
+def load_split(
+    split: str,
+    n: int,
+    seed: int = 0,
+    *,
+    root: str | Path | None = None,
+    tiers: Sequence[str] = ("cheap", "strong"),
+    router: str | None = "router",
+    feedback: FeedbackConfig | None = None,
+) -> EvalSplit:
+    """Sample a split, answer it with every tier (cached) and judge the answers.
+
+    `root` is the zoo folder (default: `models.zoo.ensure_zoo()`, which builds a missing zoo);
+    tier and router names are subfolders of it.
+    """
+    if root is None:
+        from models.zoo import ensure_zoo
+
+        root = ensure_zoo()
+    root = Path(root)
+    tasks = sample(split, n, seed)
+    answers = {t: cached_answers(root / t, tasks, split, seed) for t in tiers}
+    judgements = {
+        t: [judge(g.text, task.answer) for g, task in zip(answers[t], tasks, strict=True)]
+        for t in tiers
+    }
+    router_p = None if router is None else cached_router_probs(root / router, tasks, split, seed)
+    return EvalSplit(
+        split=split,
+        seed=seed,
+        tasks=tasks,
+        tiers=list(tiers),
+        answers=answers,
+        judgements=judgements,
+        feedback=feedback or FeedbackConfig(),
+        router_p=router_p,
+    )

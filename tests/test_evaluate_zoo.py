@@ -1,0 +1,64 @@
+"""The evaluation and the conformal check on the real zoo, with small n (< 90 s).
+
+Not skipped: a module fixture calls `models.zoo.ensure_zoo()`, which returns at once when the
+zoo is built (CI builds it first, `make zoo`) and builds it, once and locked, when it is not.
+The answers are cached in a temporary folder, so this measures generation too.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from calibration.__main__ import main
+from calibration.policy import policy_from_serve_config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built_zoo():
+    from models.zoo import _manifest, ensure_zoo
+
+    root = ensure_zoo()
+    assert _manifest(root) is not None  # built, and of the current zoo version
+    return root
+
+
+N = ["--n", "200", "--n-cal", "300", "--n-fit", "300"]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CASCADE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_evaluate_on_the_zoo(tmp_path, capsys):
+    assert main(["evaluate", "--split", "test", *N, "--out", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    s = out["summary"]
+    names = {p["name"] for p in out["strategies"]}
+    assert {"always_cheap", "always_strong", "heuristic", "oracle"} <= names
+    assert s["strong_accuracy"] > s["weak_accuracy"]  # the zoo's premise
+    assert s["oracle"]["apgr"] >= s["apgr"] > 0.5  # better than random, below the oracle
+    # priced as serving prices (serve_config.yaml), reported relative to always-strong
+    serving = policy_from_serve_config()
+    assert s["tiers"] == [t.model_dump() for t in serving.tiers]
+    assert s["always_strong_cost"] == pytest.approx(1.0)
+    assert s["always_strong_cost_raw"] == pytest.approx(serving.tiers[-1].cost_per_request)
+    assert {"conformal:risk+router", "heuristic+router"} <= {p["family"] for p in out["strategies"]}
+    assert s["best_conformal"] is None or s["best_conformal"]["cost"] <= 0.5 + 1e-12
+    # the cache makes a second run replay without generating
+    cached = sorted((tmp_path / "cache").glob("answers-*.json"))
+    assert len(cached) == 6  # 2 tiers x 3 splits
+
+
+@pytest.mark.parametrize("mode", ["budget", "recall", "risk"])
+def test_conformal_check_on_the_zoo(tmp_path, capsys, mode):
+    art = tmp_path / "cal.json"
+    args = ["conformal", "--mode", mode, "--alpha", "0.1", "--trials", "200", *N, "--json"]
+    assert main([*args, "--out", str(art)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["check"]["holds"], out["check"]
+    from calibration.artifact import CascadeCalibration
+
+    assert CascadeCalibration.load(art).model.name == "zoo:cheap"
