@@ -1,0 +1,328 @@
+"""CLI of the confidence head: `python -m calibration labels|train|report|ablate`.
+
+    python -m calibration labels --split calibration --n 4000 --seed 0
+    python -m calibration train --reward linear brier log [--num-workers 2] [--install]
+    python -m calibration report --split test --seed 0 --json
+    python -m calibration ablate --split test --seeds 0 1 2 3 4 --json
+
+`--zoo` defaults to the built zoo (models.zoo.zoo_dir()); these commands never build it.
+Artifacts (labels, heads, PNGs, tables) go under `--out` (default artifacts/).
+`add_subcommands(subparsers)` registers the four commands; `register` is the same function
+under the name `calibration/__main__.py`'s COMMANDS modules use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+__all__ = ["add_subcommands", "register"]
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("labels", help="label a split for the confidence head (cached)")
+    _common(p)
+    p.add_argument("--split", default="calibration", help="task split (default calibration)")
+    p.add_argument("--n", type=int, default=4000, help="queries to label (default 4000)")
+    p.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
+    p.add_argument("--refresh", action="store_true", help="relabel even if the cache is current")
+    p.set_defaults(func=run_labels, run=run_labels)
+
+    p = subparsers.add_parser("train", help="train the confidence head: SFT, then RL")
+    _common(p)
+    _data(p)
+    _head(p)
+    p.add_argument(
+        "--reward",
+        nargs="+",
+        default=["linear", "brier", "log"],
+        choices=["linear", "brier", "log"],
+        help="RL rewards to train a head for (default all)",
+    )
+    p.add_argument(
+        "--install",
+        nargs="?",
+        const="sft_rl_brier",
+        default=None,
+        metavar="METHOD",
+        help="copy this trained head beside the zoo's router (default sft_rl_brier)",
+    )
+    p.set_defaults(func=run_train, run=run_train)
+
+    p = subparsers.add_parser("report", help="every confidence method on a held-out split")
+    _common(p)
+    _data(p)
+    _head(p)
+    _eval(p)
+    p.add_argument("--methods", nargs="+", default=None, help="subset of methods (default all)")
+    p.set_defaults(func=run_report, run=run_report)
+
+    p = subparsers.add_parser("ablate", help="SFT vs SFT + RL, rewards, loss weights; seeds")
+    _common(p)
+    _data(p)
+    _head(p)
+    _eval(p)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2, 3, 4],
+        help="training seeds (default 0 1 2 3 4)",
+    )
+    p.set_defaults(func=run_ablate, run=run_ablate)
+
+
+register = add_subcommands
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--zoo", type=Path, default=None, help="zoo folder (default: the built zoo)")
+    p.add_argument("--out", type=Path, default=Path("artifacts"), help="artifacts folder")
+    p.add_argument(
+        "--oracle-matrix",
+        type=Path,
+        default=None,
+        help='JSON {"cheap/strong": "standard"|"complex"} (default models.oracle)',
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the models are tiny, the box is shared)",
+    )
+
+
+def _data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-train", type=int, default=4000, help="calibration-split queries")
+    p.add_argument("--n-val", type=int, default=2000, help="validation-split queries")
+    p.add_argument("--label-seed", type=int, default=0, help="seed of those two samples")
+
+
+def _head(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train-seed", type=int, default=0, help="head init / RL sampling seed")
+    p.add_argument("--width", type=int, default=64, help="hidden units of the head")
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--max-epochs", type=int, default=200, help="SFT epoch limit")
+    p.add_argument("--patience", type=int, default=15, help="SFT early-stopping patience")
+    p.add_argument("--rl-steps", type=int, default=300)
+    p.add_argument("--rl-lr", type=float, default=3e-4)
+    p.add_argument("--samples", type=int, default=4, help="Beta samples per query (K)")
+    p.add_argument("--cal-weight", type=float, default=0.3, help="calibration-loss weight")
+    p.add_argument("--rank-weight", type=float, default=0.5, help="ranking-loss weight")
+    p.add_argument("--rank-margin", type=float, default=0.1)
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=1,
+        help="N > 1 trains on Ray Train's TorchTrainer (CPU workers)",
+    )
+
+
+def _eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default="test", help="evaluated split (default test)")
+    p.add_argument("--seed", type=int, default=0, help="its sample seed (default 0)")
+    p.add_argument("--n", type=int, default=4000, help="its size (default 4000)")
+
+
+# --- the commands -------------------------------------------------------------------------------
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _zoo(args: argparse.Namespace) -> Path:
+    """The zoo folder; never built here (building the default zoo is `python -m models.zoo`)."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from models.zoo import zoo_dir
+
+    hf_logging.disable_progress_bar()  # per-chunk "Loading weights" bars; ours is enough
+    torch.set_num_threads(max(1, args.threads))
+    root = Path(args.zoo or zoo_dir()).expanduser()
+    if not (root / "manifest.json").is_file():
+        raise SystemExit(
+            f"no built zoo at {root} (manifest.json missing): run `python -m models.zoo build` "
+            "or pass --zoo"
+        )
+    return root
+
+
+def _configs(args: argparse.Namespace):
+    from calibration.head_training import RLConfig, SFTConfig
+
+    try:
+        sft = SFTConfig(
+            width=args.width,
+            dropout=args.dropout,
+            max_epochs=args.max_epochs,
+            patience=args.patience,
+            seed=args.train_seed,
+        )
+        rl = RLConfig(
+            steps=args.rl_steps,
+            lr=args.rl_lr,
+            samples=args.samples,
+            calibration_weight=args.cal_weight,
+            ranking_weight=args.rank_weight,
+            ranking_margin=args.rank_margin,
+            seed=args.train_seed,
+        )
+    except ValueError as e:
+        raise SystemExit(f"bad head option: {e}") from e
+    if args.num_workers < 1:
+        raise SystemExit(f"--num-workers must be >= 1, got {args.num_workers}")
+    return sft, rl
+
+
+def _matrix(args: argparse.Namespace):
+    from calibration.labels import load_oracle_matrix
+
+    try:
+        return load_oracle_matrix(args.oracle_matrix)
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
+
+
+def _data_spec(args: argparse.Namespace):
+    from calibration.head_report import HeadData
+
+    return HeadData(n_train=args.n_train, n_val=args.n_val, label_seed=args.label_seed)
+
+
+def _print(payload: dict, as_json: bool, text: str) -> None:
+    print(json.dumps(payload) if as_json else text)
+
+
+def run_labels(args: argparse.Namespace) -> int:
+    from calibration.labels import label_split, labels_path
+
+    root, matrix = _zoo(args), _matrix(args)
+    labels = label_split(
+        root,
+        args.split,
+        args.n,
+        args.seed,
+        out_dir=args.out / "labels",
+        matrix=matrix,
+        refresh=args.refresh,
+        progress=False if args.quiet else None,
+    )
+    stem = labels_path(args.out / "labels", args.split, args.seed, args.n)
+    complex_true = sum(r.true_policy.value == "complex" for r in labels.records) / labels.n
+    summary = {
+        "split": args.split,
+        "seed": args.seed,
+        "n": labels.n,
+        "router_accuracy": labels.router_accuracy,
+        "true_complex_rate": complex_true,
+        "hidden_shape": list(labels.hidden.shape),
+        "jsonl": f"{stem}.jsonl",
+        "tensors": f"{stem}.safetensors",
+        "fingerprint": labels.meta.get("fingerprint"),
+    }
+    text = "\n".join(f"{k}: {v}" for k, v in summary.items())
+    _print(summary, args.json, text)
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from calibration.baselines import fit_methods
+    from calibration.head_training import ray_session
+
+    root, matrix = _zoo(args), _matrix(args)
+    sft, rl = _configs(args)
+    train, val = _data_spec(args).load(root, args.out, False if args.quiet else None, matrix)
+    names = ["sft", *(f"sft_rl_{r}" for r in args.reward)]
+    _log(f"training {names} on {train.n} calibration / {val.n} validation labels")
+    with ray_session(args.num_workers):  # one Ray start-up for every head when N > 1
+        methods = fit_methods(
+            names,
+            train,
+            val,
+            sft=sft,
+            rl=rl,
+            cache_dir=args.out / "heads",
+            num_workers=args.num_workers,
+        )
+    summary = {
+        "heads": {n: str(args.out / "heads" / n) for n in names},
+        "validation": {n: m.info() for n, m in methods.items()},
+        "sft_config": asdict(sft),
+        "rl_config": asdict(rl),
+    }
+    if args.install:
+        if args.install not in methods:
+            raise SystemExit(f"--install {args.install!r}: trained only {names}")
+        from models.router_model import ConfidenceHead, router_checksum
+
+        head = ConfidenceHead.load(args.out / "heads" / args.install)
+        meta = {**head.meta, "router_checksum": router_checksum(root / "router")}
+        head.save(root / "router", meta=meta)
+        summary["installed"] = {"method": args.install, "into": str(root / "router")}
+    _print(summary, args.json, json.dumps(summary, indent=2))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from calibration.baselines import METHODS
+    from calibration.head_report import report
+    from calibration.head_training import ray_session
+
+    root, matrix = _zoo(args), _matrix(args)
+    sft, rl = _configs(args)
+    unknown = sorted(set(args.methods or ()) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    with ray_session(args.num_workers):
+        result = report(
+            root,
+            args.split,
+            args.seed,
+            args.n,
+            data=_data_spec(args),
+            out=args.out,
+            methods=args.methods,
+            sft=sft,
+            rl=rl,
+            num_workers=args.num_workers,
+            progress=False if args.quiet else None,
+            matrix=matrix,
+        )
+    text = (
+        Path(result["table"]).read_text()
+        + "\n"
+        + "\n".join(f"diagram {k}: {v}" for k, v in result["diagrams"].items())
+    )
+    _print(result, args.json, text)
+    return 0
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from calibration.head_report import ablate
+
+    root, matrix = _zoo(args), _matrix(args)
+    sft, rl = _configs(args)
+    if args.num_workers != 1:
+        _log("ablate trains in-process; --num-workers is ignored")
+    result = ablate(
+        root,
+        args.split,
+        args.seed,
+        args.n,
+        seeds=tuple(args.seeds),
+        data=_data_spec(args),
+        out=args.out,
+        sft=sft,
+        rl=rl,
+        progress=False if args.quiet else None,
+        matrix=matrix,
+    )
+    _print(result, args.json, Path(result["table"]).read_text())
+    return 0

@@ -1,0 +1,153 @@
+"""ConfidenceHead (save/load, shapes) and RouterWithHead on a tiny zoo built in seconds."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from models.router_model import (
+    HEAD_CONFIG_FILE,
+    ConfidenceHead,
+    ConfidenceHeadConfig,
+    RouterWithHead,
+    router_checksum,
+)
+from models.tasks import sample
+from models.zoo import LMSpec, RouterSpec, ZooSpec, ensure_zoo, route_probabilities
+
+TINY = ZooSpec(
+    seed=3,
+    cheap=LMSpec(hidden=32, layers=1, heads=1, intermediate=64, steps=30, batch=16, lr=3e-3),
+    strong=LMSpec(hidden=64, layers=1, heads=2, intermediate=64, steps=40, batch=16, lr=3e-3),
+    router=RouterSpec(hidden=32, layers=1, heads=1, intermediate=64, label_queries=64, epochs=1),
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads; on a shared 2-core box 2 threads cost 40x."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    return ensure_zoo(tmp_path_factory.mktemp("zoo"), TINY)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return [t.prompt for t in sample("test", 20, seed=1)]
+
+
+def _head(in_dim=8, seed=0):
+    torch.manual_seed(seed)
+    head = ConfidenceHead(ConfidenceHeadConfig(in_dim=in_dim, width=16))
+    head.fit_standardizer(torch.randn(50, in_dim) * 3 + 1)
+    return head.eval()
+
+
+def test_head_shapes_and_range():
+    head, x = _head(), torch.randn(5, 8)
+    mean, k = head(x)
+    assert mean.shape == k.shape == (5,)
+    assert ((mean > 0) & (mean < 1)).all() and (k > 0).all()
+    assert k.mean().item() == pytest.approx(head.config.init_concentration, rel=1e-4)
+    c = head.distribution(x).sample((3,))
+    assert c.shape == (3, 5)
+
+
+def test_head_save_load_round_trip(tmp_path):
+    head, x = _head(), torch.randn(7, 8)
+    head.save(tmp_path, meta={"method": "sft", "note": [1, 2]})
+    loaded = ConfidenceHead.load(tmp_path)
+    assert loaded.config == head.config
+    assert loaded.meta == {"method": "sft", "note": [1, 2]}
+    assert torch.equal(loaded.shift, head.shift) and torch.equal(loaded.scale, head.scale)
+    assert torch.allclose(loaded.confidence(x), head.confidence(x), atol=0, rtol=0)
+
+
+def test_head_rejects_wrong_shapes():
+    head = _head()
+    with pytest.raises(ValueError, match=r"\(B, 8\)"):
+        head.confidence(torch.randn(4, 9))
+    with pytest.raises(ValueError, match=r"\(B, 8\)"):
+        head.confidence(torch.randn(8))
+
+
+def test_head_config_validates():
+    with pytest.raises(ValidationError, match="width"):
+        ConfidenceHeadConfig(in_dim=8, width=0)
+    with pytest.raises(ValidationError, match="dropout"):
+        ConfidenceHeadConfig(in_dim=8, dropout=1.5)
+
+
+def test_head_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="confidence_head"):
+        ConfidenceHead.load(tmp_path)
+    _head().save(tmp_path)
+    (tmp_path / HEAD_CONFIG_FILE).write_text(json.dumps({"format": 1, "config": {"width": 3}}))
+    with pytest.raises(ValueError, match=r"bad confidence_head\.json"):
+        ConfidenceHead.load(tmp_path)
+
+
+def test_router_matches_the_classifier_and_falls_back_to_max_probability(tiny_zoo, prompts):
+    router = RouterWithHead(tiny_zoo / "router", batch_size=3)  # uneven batches, padding
+    out = router(prompts)
+    ref = torch.tensor(route_probabilities(tiny_zoo / "router", prompts))
+    assert torch.allclose(out.probabilities[:, 1], ref, atol=1e-6)
+    assert out.hidden.shape == (20, router.model.config.hidden_size)
+    assert torch.allclose(router.model.score(out.hidden), out.logits, atol=1e-6)
+    assert out.confidence_source == "max_probability"
+    assert torch.equal(out.confidence, out.probabilities.max(-1).values)
+    assert out.policies == [router.labels[i] for i in out.probabilities.argmax(-1).tolist()]
+    row = out.to_dicts()[0]
+    assert set(row["probabilities"]) == {"standard", "complex"}
+    assert row["confidence_source"] == "max_probability"
+
+
+def test_router_uses_a_head_saved_beside_it(tiny_zoo, prompts, tmp_path):
+    router_dir = tmp_path / "router"
+    shutil.copytree(tiny_zoo / "router", router_dir)
+    plain = RouterWithHead(router_dir)
+    head = _head(in_dim=plain.model.config.hidden_size)
+    head.save(router_dir)
+    router = RouterWithHead(router_dir)
+    out = router(prompts)
+    assert out.confidence_source == "confidence_head"
+    assert torch.allclose(out.confidence, head.confidence(out.hidden))
+    assert not torch.equal(out.confidence, out.probabilities.max(-1).values)
+
+
+def test_router_rejects_a_head_of_another_width(tiny_zoo, tmp_path):
+    _head(in_dim=5).save(tmp_path)
+    with pytest.raises(ValueError, match="hidden size 5"):
+        RouterWithHead(tiny_zoo / "router", head_dir=tmp_path)
+
+
+@pytest.mark.parametrize("bad", [[], "12+3", ["12+3", 7]])
+def test_router_rejects_bad_prompts(tiny_zoo, bad):
+    with pytest.raises(ValueError, match="prompt"):
+        RouterWithHead(tiny_zoo / "router")(bad)
+
+
+def test_router_dir_must_exist(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        RouterWithHead(tmp_path)
+
+
+def test_a_head_for_another_router_is_not_used(tiny_zoo, prompts, tmp_path):
+    router_dir = tmp_path / "router"
+    shutil.copytree(tiny_zoo / "router", router_dir)
+    width = RouterWithHead(router_dir).model.config.hidden_size
+    _head(in_dim=width).save(router_dir, meta={"router_checksum": "0123456789abcdef"})
+    with pytest.warns(UserWarning, match="trained for router 0123456789abcdef"):
+        router = RouterWithHead(router_dir)
+    assert router.confidence_source == "max_probability"
+    _head(in_dim=width).save(router_dir, meta={"router_checksum": router_checksum(router_dir)})
+    assert RouterWithHead(router_dir).confidence_source == "confidence_head"
+    assert RouterWithHead(router_dir, load_head=False).confidence_source == "max_probability"
