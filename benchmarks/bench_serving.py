@@ -1,0 +1,233 @@
+"""Serving benchmarks on the real graph (local Ray, the embedded zoo, transformers engine):
+
+1. overhead: the same prompts through the engine directly and through the graph over HTTP;
+   overhead = graph latency - engine latency, p50 / p95 (the graph's own cost per request);
+2. dynamic batching: throughput with 16 concurrent clients, max_batch_size 16 against 1;
+3. scaling: an easy workload (answers the cheap tier keeps) and a hard one (queries the router
+   sends to the strong tier), each for a while, with every tier's replica count over time.
+
+    python -m benchmarks.bench_serving [--quick]
+
+Ratios are measured side by side in one run on one machine; absolute numbers are for 2 CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+
+from benchmarks.tables import table
+from deployments.local import running_app
+from models.tasks import sample
+
+TIERS = ("cheap", "strong")
+
+
+def _args(max_batch_size: int = 16, autoscale: bool = False) -> dict[str, Any]:
+    """The zoo graph on the transformers engine; with `autoscale`, both tiers autoscale as
+    serve_config.yaml's `deployments:` list makes them (with faster delays for a short run)."""
+    opts: dict[str, dict] = {
+        n: {"ray_actor_options": {"num_cpus": 0.1}} for n in ("Ingress", "Router")
+    }
+    for t in TIERS:
+        opts[f"Tier-{t}"] = {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 8}
+        if autoscale:
+            opts[f"Tier-{t}"]["autoscaling_config"] = {
+                "min_replicas": 1,
+                "max_replicas": 3,
+                "target_ongoing_requests": 2,
+                "upscale_delay_s": 2,
+                "downscale_delay_s": 10,
+            }
+    return {
+        "tiers": [
+            {
+                "name": "cheap",
+                "model": "zoo:cheap",
+                "engine": "transformers",
+                "cost_per_request": 0.05,
+                "max_batch_size": max_batch_size,
+            },
+            {
+                "name": "strong",
+                "model": "zoo:strong",
+                "engine": "transformers",
+                "cost_per_request": 0.75,
+                "max_batch_size": max_batch_size,
+            },
+        ],
+        "limits": {"max_prompt_chars": 48, "max_prompt_tokens": 48, "max_tokens": 64},
+        "deployment_options": opts,
+    }
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs) * 1000, q))
+
+
+def _chat(model: str, prompt: str) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 10}
+
+
+async def _timed(client: httpx.AsyncClient, base: str, body: dict) -> float:
+    t0 = time.perf_counter()
+    r = await client.post(f"{base}/v1/chat/completions", json=body, timeout=120)
+    r.raise_for_status()
+    return time.perf_counter() - t0
+
+
+async def overhead(base: str, n: int) -> str:
+    from models.engine import SamplingSettings
+    from models.hf_engine import HFEngine
+    from models.zoo import resolve
+
+    prompts = [t.prompt for t in sample("test", n, seed=5)]
+    engine = HFEngine(resolve("zoo:cheap"))
+    settings = SamplingSettings(max_tokens=10, top_logprobs=5)
+    direct = []
+    for p in prompts:
+        text = engine.tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+        )
+        t0 = time.perf_counter()
+        engine.generate_sync([text], settings)
+        direct.append(time.perf_counter() - t0)
+    rows = [
+        ["engine direct (cheap)", f"{_pct(direct, 50):.1f}", f"{_pct(direct, 95):.1f}", "-", "-"]
+    ]
+    async with httpx.AsyncClient() as client:
+        for model in ("cheap", "cascade"):
+            lat = [await _timed(client, base, _chat(model, p)) for p in prompts]
+            over = [a - b for a, b in zip(lat, direct, strict=True)]
+            rows.append(
+                [
+                    f"graph, model={model}",
+                    f"{_pct(lat, 50):.1f}",
+                    f"{_pct(lat, 95):.1f}",
+                    f"{_pct(over, 50):.1f}",
+                    f"{_pct(over, 95):.1f}",
+                ]
+            )
+    return table(
+        f"Overhead, {n} sequential requests (ms)",
+        ["path", "p50", "p95", "overhead p50", "overhead p95"],
+        rows,
+    )
+
+
+async def throughput(base: str, n: int, concurrency: int = 16) -> tuple[float, float]:
+    prompts = [t.prompt for t in sample("test", n, seed=6)]
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for p in prompts:
+        queue.put_nowait(p)
+    lat: list[float] = []
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            lat.append(await _timed(client, base, _chat("cheap", queue.get_nowait())))
+
+    async with httpx.AsyncClient() as client:
+        await _timed(client, base, _chat("cheap", "1+1"))  # warm
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return n / wall, statistics.median(lat)
+
+
+def replicas() -> dict[str, int]:
+    from ray import serve
+
+    status = serve.status().applications["cascade"].deployments
+    return {t: sum(status[f"Tier-{t}"].replica_states.values()) for t in TIERS}
+
+
+async def load(base: str, prompts: list[str], seconds: float, concurrency: int) -> dict:
+    counts: list[tuple[float, dict[str, int]]] = []
+    stop = time.perf_counter() + seconds
+    done, errors = 0, 0
+
+    async def worker(client: httpx.AsyncClient, i: int) -> None:
+        nonlocal done, errors
+        while time.perf_counter() < stop:
+            try:
+                await _timed(client, base, _chat("cascade", prompts[(done + i) % len(prompts)]))
+                done += 1
+            except httpx.HTTPError:
+                errors += 1
+
+    async def watch() -> None:
+        t0 = time.perf_counter()
+        while time.perf_counter() < stop:
+            counts.append((time.perf_counter() - t0, replicas()))
+            await asyncio.sleep(3)
+
+    async with httpx.AsyncClient() as client:
+        await asyncio.gather(watch(), *(worker(client, i) for i in range(concurrency)))
+    return {"done": done, "errors": errors, "counts": counts}
+
+
+async def _settle(target: dict[str, int], timeout: float = 120) -> None:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout and replicas() != target:
+        await asyncio.sleep(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true", help="fewer requests, shorter load runs")
+    args = p.parse_args(argv)
+    n, seconds = (30, 30) if args.quick else (100, 60)
+    out: list[str] = []
+
+    with running_app(_args(max_batch_size=16)) as (base, _):
+        out.append(asyncio.run(overhead(base, n)))
+        batched = asyncio.run(throughput(base, 4 * n))
+    with running_app(_args(max_batch_size=1)) as (base, _):
+        single = asyncio.run(throughput(base, 4 * n))
+    out.append(
+        table(
+            f"Dynamic batching, {4 * n} requests from 16 concurrent clients (tier cheap)",
+            ["max_batch_size", "requests/s", "median latency ms", "speed-up"],
+            [
+                ["1", f"{single[0]:.1f}", f"{single[1] * 1000:.0f}", "1.00x"],
+                [
+                    "16",
+                    f"{batched[0]:.1f}",
+                    f"{batched[1] * 1000:.0f}",
+                    f"{batched[0] / single[0]:.2f}x",
+                ],
+            ],
+        )
+    )
+
+    with running_app(_args(autoscale=True)) as (base, _):
+        easy = [
+            t.prompt for t in sample("test", 200, seed=7, families={"add": 1, "sub": 1, "max": 1})
+        ]
+        hard = [t.prompt for t in sample("test", 200, seed=7, families={"rev": 1})]
+        rows = []
+        for label, prompts in (("easy (add/sub/max)", easy), ("hard (rev)", hard)):
+            asyncio.run(_settle({"cheap": 1, "strong": 1}))
+            r = asyncio.run(load(base, prompts, seconds, concurrency=16))
+            peak = {t: max(c[t] for _, c in r["counts"]) for t in TIERS}
+            timeline = " ".join(f"{int(s)}s:{c['cheap']}/{c['strong']}" for s, c in r["counts"])
+            rows.append([label, r["done"], r["errors"], peak["cheap"], peak["strong"], timeline])
+        out.append(
+            table(
+                f"Independent scaling, 16 clients x {seconds} s per workload "
+                "(replicas cheap/strong over time)",
+                ["workload", "requests", "errors", "peak cheap", "peak strong", "timeline"],
+                rows,
+            )
+        )
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

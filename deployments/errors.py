@@ -1,0 +1,79 @@
+"""Errors as OpenAI-style JSON bodies with the right status code; never a stack trace.
+
+`APIError` is what serving code raises; the handlers installed by `install_handlers` turn it,
+pydantic's validation errors and malformed bodies into `{"error": {message, type, param, code}}`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from deployments.protocol import ErrorBody, ErrorResponse
+
+__all__ = ["APIError", "error_response", "install_handlers"]
+
+logger = logging.getLogger("ray.serve")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    503: "service_unavailable",
+}
+
+
+class APIError(Exception):
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def error_response(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> JSONResponse:
+    body = ErrorResponse(
+        error=ErrorBody(
+            message=message, type=_TYPES.get(status, "server_error"), param=param, code=code
+        )
+    )
+    return JSONResponse(status_code=status, content=body.model_dump())
+
+
+def _param(loc: tuple) -> str | None:
+    """pydantic's location ('body', 'messages', 0, 'content') as 'messages[0].content'."""
+    parts = [p for p in loc if p != "body"]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or None
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, e: APIError) -> JSONResponse:
+        return error_response(e.status, e.message, e.param, e.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        errors = e.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+        if first.get("type") == "json_invalid":
+            return error_response(400, "the request body is not valid JSON", None, "invalid_json")
+        param = _param(tuple(first.get("loc", ())))
+        msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        where = f"{param}: " if param else ""
+        return error_response(400, f"{where}{msg}{more}", param, "invalid_value")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
+        logger.exception("unhandled error in the ingress")
+        return error_response(500, f"internal error ({type(e).__name__}); see the server log")

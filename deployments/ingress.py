@@ -1,0 +1,202 @@
+"""Ingress: the OpenAI-compatible HTTP routes over the cascade.
+
+    POST /v1/chat/completions   POST /v1/completions   GET /v1/models   GET /healthz   GET /stats
+
+Routes only translate HTTP <-> `CascadeServer`; the cascade itself is in `serving.py` and its
+decisions in `calibration`. Calibrated thresholds arrive through `user_config`
+(`reconfigure`), so `serve deploy` with a new threshold updates them without restarting replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+from ray import serve
+
+from deployments.app import AppArgs
+from deployments.errors import APIError, error_response, install_handlers
+from deployments.llm import TierRequest
+from deployments.openai_format import (
+    chat_logprobs,
+    completion_logprobs,
+    requested_k,
+    sse_chunks,
+    task_type,
+    usage,
+)
+from deployments.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+)
+from deployments.serving import CascadeResult, CascadeServer
+from models.engine import SamplingSettings
+
+__all__ = ["Ingress", "app"]
+
+logger = logging.getLogger("ray.serve")
+
+app = FastAPI(title="cascade-router", version="0.1.0")
+install_handlers(app)
+
+
+@app.middleware("http")
+async def _limit_body(request: Request, call_next):
+    """Refuse oversized bodies before parsing them (413), by header and by actual size."""
+    limit = getattr(request.app.state, "max_body_bytes", 1_000_000)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return error_response(
+            413, f"request body is {declared} bytes; the limit is {limit}", code="body_too_large"
+        )
+    return await call_next(request)
+
+
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, args: dict[str, Any], tiers: dict[str, Any], router: Any | None) -> None:
+        self.base_args = AppArgs.model_validate(args)
+        self.server = CascadeServer(self.base_args, tiers, router)
+        app.state.max_body_bytes = self.base_args.limits.max_body_bytes
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """user_config may override `calibration` (file, threshold) and `router.threshold`."""
+        merged = self.base_args.model_dump()
+        for key in ("calibration", "router"):
+            merged[key] = {**merged[key], **(user_config.get(key) or {})}
+        unknown = set(user_config) - {"calibration", "router"}
+        if unknown:
+            raise ValueError(
+                f"user_config keys {sorted(unknown)} are not reconfigurable; "
+                "use calibration and router"
+            )
+        self.server.configure(AppArgs.model_validate(merged))
+
+    # --- routes ----------------------------------------------------------------------------
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "tiers": self.server.policy.tier_names}
+
+    @app.get("/stats")
+    async def stats(self) -> dict:
+        cal = self.server.calibration
+        return {
+            **self.server.stats.as_dict(),
+            "calibration": {
+                "mode": cal.mode,
+                "alpha": cal.alpha,
+                "threshold": cal.threshold,
+                "scorer": cal.scorer.name,
+            },
+            "router_threshold": self.server.policy.router_threshold,
+        }
+
+    @app.get("/v1/models")
+    async def models(self) -> ModelList:
+        cards = [ModelCard(id="cascade", metadata={"tiers": self.server.policy.tier_names})]
+        cards += [
+            ModelCard(
+                id=t.name, metadata={"model": t.model, "cost_per_request": t.cost_per_request}
+            )
+            for t in self.server.args.tiers
+        ]
+        return ModelList(data=cards)
+
+    @app.post("/v1/chat/completions")
+    async def chat(self, body: ChatCompletionRequest):
+        messages = tuple({"role": m.role, "content": m.text} for m in body.messages)
+        query = next(m.text for m in reversed(body.messages) if m.role == "user")
+        k = body.top_logprobs if body.logprobs and body.top_logprobs else 0
+        request = self._tier_request(
+            body, messages=messages, chars=sum(len(m["content"]) for m in messages)
+        )
+        result = await self.server.serve(request, body.model, query, task_type(body))
+        if body.stream:
+            return self._stream(result, body, chat=True)
+        gen = result.generation
+        return ChatCompletionResponse(
+            model=result.tier,
+            choices=[
+                ChatChoice(
+                    message=AssistantMessage(content=gen.text),
+                    finish_reason=gen.finish_reason,
+                    logprobs=chat_logprobs(gen, k) if body.logprobs else None,
+                )
+            ],
+            usage=usage(gen),
+            routing=result.routing,
+        )
+
+    @app.post("/v1/completions")
+    async def completions(self, body: CompletionRequest):
+        prompt: str = body.prompt  # type: ignore[assignment]  (validated to one string)
+        request = self._tier_request(body, prompt=prompt, chars=len(prompt))
+        result = await self.server.serve(request, body.model, prompt, task_type(body))
+        if body.stream:
+            return self._stream(result, body, chat=False)
+        gen = result.generation
+        return CompletionResponse(
+            model=result.tier,
+            choices=[
+                CompletionChoice(
+                    text=gen.text,
+                    finish_reason=gen.finish_reason,
+                    logprobs=completion_logprobs(gen, body.logprobs)
+                    if body.logprobs is not None
+                    else None,
+                )
+            ],
+            usage=usage(gen),
+            routing=result.routing,
+        )
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _tier_request(
+        self, body, *, chars: int, prompt: str | None = None, messages=None
+    ) -> TierRequest:
+        limits = self.server.args.limits
+        if chars > limits.max_prompt_chars:
+            raise APIError(
+                400,
+                f"the prompt is {chars} characters long, above the limit of "
+                f"{limits.max_prompt_chars}; shorten it",
+                param="messages" if messages else "prompt",
+                code="prompt_too_long",
+            )
+        max_tokens = body.max_tokens or limits.default_max_tokens
+        if max_tokens > limits.max_tokens:
+            raise APIError(
+                400,
+                f"max_tokens is {max_tokens}, above this server's limit of {limits.max_tokens}",
+                param="max_tokens",
+                code="max_tokens_too_large",
+            )
+        settings = SamplingSettings(
+            max_tokens=max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=tuple(body.stop),
+            top_logprobs=max(limits.top_logprobs, requested_k(body)),
+            seed=body.seed,
+        )
+        return TierRequest(
+            settings=settings,
+            prompt=prompt,
+            messages=messages,
+            max_prompt_tokens=limits.max_prompt_tokens,
+        )
+
+    def _stream(self, result: CascadeResult, body, *, chat: bool) -> StreamingResponse:
+        return StreamingResponse(sse_chunks(result, body, chat), media_type="text/event-stream")

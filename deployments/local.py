@@ -1,0 +1,79 @@
+"""Run the real Serve graph in-process on a local Ray instance (tests and benchmarks).
+
+`serve.run` in-process (not a backgrounded `serve run`, which inherits an ignored SIGINT and
+cannot be stopped cleanly), Ray's token auth off, and Ray's files under a temp folder.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+__all__ = ["config_args", "free_port", "running_app"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def config_args(path: Path = REPO / "serve_config.yaml") -> dict[str, Any]:
+    """The `args` of the first application in a Serve config file."""
+    return yaml.safe_load(path.read_text())["applications"][0]["args"]
+
+
+@contextmanager
+def running_app(args: dict[str, Any], num_cpus: int = 2, wait_s: float = 240):
+    """Yield (base_url, metrics_url) of the graph built from `args`; shut everything down after.
+
+    Ray's own files go where Ray puts them (/tmp/ray); pass RAY_TMPDIR to move them."""
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    port, metrics_port = free_port(), free_port()
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        _metrics_export_port=metrics_port,
+        _system_config={"metrics_report_interval_ms": 1000},
+        runtime_env={
+            "env_vars": {
+                "TORCHDYNAMO_DISABLE": "1",
+                "OMP_NUM_THREADS": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+        },
+        logging_level="WARNING",
+    )
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(args), name="cascade", route_prefix="/", blocking=False)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + wait_s
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise TimeoutError(f"the app did not become healthy in {wait_s} s")
+            time.sleep(1)
+        yield base, f"http://127.0.0.1:{metrics_port}/metrics"
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,57 @@
+"""The cascade's Prometheus metrics, through Ray Serve's metrics API (exported on Ray's metrics
+endpoint with the deployment and replica as tags). /stats keeps the running totals as JSON."""
+
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Histogram
+
+__all__ = ["CascadeMetrics"]
+
+_LATENCY_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+_UNIT = [i / 10 for i in range(1, 11)]
+
+
+class CascadeMetrics:
+    """One set per ingress replica; tags name the tier, reason and outcome."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "cascade_requests",
+            "Requests answered, by final tier and mode.",
+            tag_keys=("tier", "mode"),
+        )
+        self.tier_calls = Counter(
+            "cascade_tier_calls", "Calls to each tier, by outcome.", tag_keys=("tier", "outcome")
+        )
+        self.escalations = Counter(
+            "cascade_escalations",
+            "Escalations, by the tier left and the cause.",
+            tag_keys=("tier", "reason"),
+        )
+        self.degraded = Counter(
+            "cascade_degraded",
+            "Answers served degraded (a tier failed), by cause.",
+            tag_keys=("reason",),
+        )
+        self.errors = Counter(
+            "cascade_errors", "Requests answered with an error, by status.", tag_keys=("status",)
+        )
+        self.cost = Counter("cascade_cost", "Cost spent, by tier.", tag_keys=("tier",))
+        self.tier_latency = Histogram(
+            "cascade_tier_latency_s",
+            "Latency of one tier call.",
+            boundaries=_LATENCY_S,
+            tag_keys=("tier",),
+        )
+        self.latency = Histogram(
+            "cascade_request_latency_s",
+            "End-to-end latency in the ingress.",
+            boundaries=_LATENCY_S,
+            tag_keys=("mode",),
+        )
+        self.router_confidence = Histogram(
+            "cascade_router_confidence",
+            "The router's confidence, by predicted policy.",
+            boundaries=_UNIT,
+            tag_keys=("policy",),
+        )

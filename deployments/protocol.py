@@ -1,0 +1,258 @@
+"""OpenAI-compatible request and response schemas, plus the `routing` object the cascade adds.
+
+Requests are validated here, at the boundary: a bad field becomes a 400 with an OpenAI-style
+error naming the field (see `errors.py`). Unknown fields are ignored, as OpenAI's own server
+ignores them, so any OpenAI client works unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "ChatCompletionRequest",
+    "ChatCompletionResponse",
+    "ChatMessage",
+    "CompletionRequest",
+    "CompletionResponse",
+    "ErrorBody",
+    "ErrorResponse",
+    "ModelCard",
+    "ModelList",
+    "Routing",
+    "Usage",
+]
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[TextPart] = Field(description="Text, or a list of text parts.")
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = True
+
+
+class _SamplingFields(_Lenient):
+    """Fields shared by chat and text completions; limits are checked again by the ingress
+    against its configured maxima (max_tokens, prompt length)."""
+
+    model: str = Field(description="'cascade' lets the cascade choose; a tier name forces it.")
+    max_tokens: int | None = Field(default=None, ge=1, description="Tokens to generate.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=1, description="Only n=1 is served.")
+    stop: str | list[str] | None = Field(default=None, validate_default=True)
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, v: str | list[str] | None) -> list[str]:
+        stops = [v] if isinstance(v, str) else list(v or [])
+        if len(stops) > 4:
+            raise ValueError(f"at most 4 stop strings, got {len(stops)}")
+        if any(not s for s in stops):
+            raise ValueError("stop strings must be non-empty")
+        return stops
+
+    @field_validator("model")
+    @classmethod
+    def _model_named(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("model must name a tier or 'cascade'")
+        return v
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _has_user_message(self) -> ChatCompletionRequest:
+        if not any(m.role == "user" and m.text.strip() for m in self.messages):
+            raise ValueError("messages must contain a non-empty user message")
+        if self.max_tokens is None and self.max_completion_tokens is not None:
+            self.max_tokens = self.max_completion_tokens
+        return self
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: str | list[str] = Field(description="One prompt (a list of one is accepted).")
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v: str | list[str]) -> str:
+        if isinstance(v, list):
+            if len(v) != 1:
+                raise ValueError(f"send one prompt per request, got a list of {len(v)}")
+            v = v[0]
+        if not v:
+            raise ValueError("prompt must be non-empty")
+        return v
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("echo is not supported")
+        return v
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class RouterView(BaseModel):
+    policy: str | None = None
+    confidence: float | None = None
+    confidence_source: str | None = Field(
+        default=None, description="'confidence_head', or 'max_probability' when no head is trained"
+    )
+    probabilities: dict[str, float] | None = None
+    skipped_reason: str | None = None
+
+
+class TierAttempt(BaseModel):
+    tier: str
+    outcome: Literal["accepted", "escalated", "failed", "final"]
+    score: float | None = None
+    threshold: float | None = None
+    reasons: list[str] = []
+    features: dict[str, float] = {}
+    latency_s: float
+    cost: float
+
+
+class Routing(BaseModel):
+    """Why the answer came from the tier it came from; one per response."""
+
+    tiers_visited: list[str]
+    final_tier: str
+    escalated: bool
+    forced: bool = Field(description="True when the request named a tier instead of 'cascade'.")
+    reasons: list[str]
+    router: RouterView
+    features: dict[str, float] = {}
+    score: float | None = None
+    threshold: float | None = None
+    conformal_mode: str | None = None
+    cost: float
+    degraded: bool = False
+    degraded_reason: str | None = None
+    attempts: list[TierAttempt] = []
+
+
+class LogprobEntry(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(LogprobEntry):
+    top_logprobs: list[LogprobEntry] = []
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: str
+    logprobs: ChoiceLogprobs | None = None
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: _id("chatcmpl"))
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    routing: Routing
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: str
+    logprobs: CompletionLogprobs | None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: _id("cmpl"))
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    routing: Routing
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "cascade-router"
+    metadata: dict[str, Any] = {}
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

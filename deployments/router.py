@@ -1,0 +1,37 @@
+"""RouterDeployment: the Gemma router and its confidence head, batched across requests.
+
+The router reads the raw user query (not a tier's chat format). Without a trained head the
+router's max class probability stands in, and the response says so (`confidence_source`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ray import serve
+
+from models.router_model import RouterWithHead
+from models.zoo import resolve
+
+__all__ = ["RouterDeployment"]
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment
+class RouterDeployment:
+    def __init__(self, model: str = "zoo:router", trust_remote_code: bool = False) -> None:
+        self.router = RouterWithHead(resolve(model), trust_remote_code=trust_remote_code)
+        logger.info("router %s, confidence from %s", model, self.router.confidence_source)
+
+    async def predict(self, query: str) -> dict:
+        return await self._predict_batch(query)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    async def _predict_batch(self, queries: list[str]) -> list[dict]:
+        out = await asyncio.to_thread(self.router, list(queries))
+        return out.to_dicts()
+
+    def info(self) -> dict:
+        return {"confidence_source": self.router.confidence_source, "labels": self.router.labels}
