@@ -11,6 +11,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from deployments.protocol import ErrorBody, ErrorResponse
 
@@ -22,6 +23,7 @@ _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     503: "service_unavailable",
@@ -47,9 +49,14 @@ def error_response(
     return JSONResponse(status_code=status, content=body.model_dump())
 
 
+def _is_type_tag(part: str) -> bool:
+    return "[" in part or part in {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
 def _param(loc: tuple) -> str | None:
     """pydantic's location ('body', 'messages', 0, 'content') as 'messages[0].content'."""
-    parts = [p for p in loc if p != "body"]
+    # pydantic adds the union member tried ('str', 'list[TextPart]') after a union field.
+    parts = [p for p in loc if p != "body" and not (isinstance(p, str) and _is_type_tag(p))]
     out = ""
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
@@ -72,6 +79,15 @@ def install_handlers(app: FastAPI) -> None:
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         where = f"{param}: " if param else ""
         return error_response(400, f"{where}{msg}{more}", param, "invalid_value")
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, e: HTTPException) -> JSONResponse:
+        """Starlette's own errors (unknown route 404, wrong method 405, an unreadable body
+        400) in the same OpenAI shape as ours."""
+        detail = e.detail if isinstance(e.detail, str) else "invalid request"
+        if e.status_code == 400:
+            detail = f"{detail}: send a UTF-8 JSON body"
+        return error_response(e.status_code, detail, None, None)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, e: Exception) -> JSONResponse:

@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 from ray import serve
 
 from deployments.app import AppArgs
+from deployments.auth import TokenCheck, load_tokens
 from deployments.errors import APIError, error_response, install_handlers
 from deployments.llm import TierRequest
 from deployments.openai_format import (
@@ -51,12 +52,35 @@ install_handlers(app)
 
 @app.middleware("http")
 async def _limit_body(request: Request, call_next):
-    """Refuse oversized bodies before parsing them (413), by header and by actual size."""
+    """Refuse oversized bodies before parsing them (413): by the declared length, or by the
+    body's actual size when it comes without one (chunked)."""
     limit = getattr(request.app.state, "max_body_bytes", 1_000_000)
     declared = request.headers.get("content-length")
+    too_big = error_response(
+        413, f"the request body is over the limit of {limit} bytes", code="body_too_large"
+    )
     if declared is not None and declared.isdigit() and int(declared) > limit:
+        return too_big
+    # Without a declared length (chunked), measure the body; Starlette caches body() for the
+    # route, so reading it here loses nothing.
+    chunked = declared is None and request.method in ("POST", "PUT", "PATCH")
+    if chunked and len(await request.body()) > limit:
+        return too_big
+    return await call_next(request)
+
+
+@app.middleware("http")
+async def _auth(request: Request, call_next):
+    """Bearer-token auth when tokens are configured (`auth` args); 401 otherwise. Registered
+    after the body limit, so it runs first: no unauthenticated body is read."""
+    check: TokenCheck | None = getattr(request.app.state, "auth", None)
+    if check is not None and not check.allows(
+        request.url.path, request.headers.get("authorization")
+    ):
         return error_response(
-            413, f"request body is {declared} bytes; the limit is {limit}", code="body_too_large"
+            401,
+            "a valid API key is required: send the header 'Authorization: Bearer <key>'",
+            code="invalid_api_key",
         )
     return await call_next(request)
 
@@ -68,6 +92,9 @@ class Ingress:
         self.base_args = AppArgs.model_validate(args)
         self.server = CascadeServer(self.base_args, tiers, router)
         app.state.max_body_bytes = self.base_args.limits.max_body_bytes
+        auth = self.base_args.auth
+        app.state.auth = TokenCheck(load_tokens(auth), auth.open_paths)
+        logger.info("ingress auth: %s", "bearer tokens" if app.state.auth.enabled else "off")
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """user_config may override `calibration` (file, threshold) and `router.threshold`."""

@@ -15,7 +15,9 @@ its own scheduler, so its calls go straight through.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -57,8 +59,10 @@ class LLMTier:
         max_batch_size: int = 16,
         batch_wait_timeout_s: float = 0.01,
         engine_instance: Engine | None = None,
+        fault: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
+        self.set_fault(fault)
         self.model = model
         self.engine: Engine = engine_instance or load_engine(engine, model, **(engine_kwargs or {}))
         self.tokenizer = self.engine.tokenizer
@@ -85,7 +89,24 @@ class LLMTier:
         # A base model without a template: the conversation as plain text.
         return "\n".join(m["content"] for m in request.messages) + "\n"
 
+    def set_fault(self, fault: dict[str, Any] | None) -> None:
+        """Chaos testing (`deployments.app.FaultArgs`): None turns injection off. Also callable
+        on a running replica through its handle, so one deployment can be tested under several
+        faults without a restart."""
+        self.fault = fault or {}
+        self._fault_rng = random.Random(self.fault.get("seed"))
+
+    async def _inject_fault(self) -> None:
+        if not self.fault:
+            return
+        draw = self._fault_rng.random()
+        if draw < self.fault.get("error_rate", 0.0):
+            raise RuntimeError(f"injected fault: tier {self.name} failed on purpose")
+        if self._fault_rng.random() < self.fault.get("hang_rate", 0.0):
+            await asyncio.sleep(self.fault.get("hang_s", 30.0))
+
     async def generate(self, request: TierRequest) -> Generation:
+        await self._inject_fault()
         prompt = self.render(request)
         if request.max_prompt_tokens is not None:
             n = self.engine.count_tokens(prompt)

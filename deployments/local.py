@@ -28,8 +28,16 @@ def free_port() -> int:
 
 
 def config_args(path: Path = REPO / "serve_config.yaml") -> dict[str, Any]:
-    """The `args` of the first application in a Serve config file."""
-    return yaml.safe_load(path.read_text())["applications"][0]["args"]
+    """The first application of a Serve config file as `build_app` args: its `args`, plus its
+    `deployments:` list (autoscaling, CPUs, user_config) as `deployment_options`, so the graph
+    started in-process is the one `serve run` would start."""
+    app = yaml.safe_load(Path(path).read_text())["applications"][0]
+    args = dict(app["args"])
+    options = {
+        d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments") or []
+    }
+    args["deployment_options"] = {**options, **args.get("deployment_options", {})}
+    return args
 
 
 @contextmanager

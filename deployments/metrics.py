@@ -23,6 +23,11 @@ class CascadeMetrics:
         self.tier_calls = Counter(
             "cascade_tier_calls", "Calls to each tier, by outcome.", tag_keys=("tier", "outcome")
         )
+        self.retries = Counter(
+            "cascade_tier_retries",
+            "Tier calls retried after a replica failure.",
+            tag_keys=("tier",),
+        )
         self.escalations = Counter(
             "cascade_escalations",
             "Escalations, by the tier left and the cause.",

@@ -91,10 +91,15 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
-    @model_validator(mode="after")
-    def _has_user_message(self) -> ChatCompletionRequest:
-        if not any(m.role == "user" and m.text.strip() for m in self.messages):
+    @field_validator("messages")
+    @classmethod
+    def _has_user_message(cls, v: list[ChatMessage]) -> list[ChatMessage]:
+        if not any(m.role == "user" and m.text.strip() for m in v):
             raise ValueError("messages must contain a non-empty user message")
+        return v
+
+    @model_validator(mode="after")
+    def _max_completion_tokens(self) -> ChatCompletionRequest:
         if self.max_tokens is None and self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
         return self

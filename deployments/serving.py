@@ -119,14 +119,25 @@ class CascadeServer:
         return view
 
     async def call_tier(self, tier: int, request: TierRequest) -> Generation:
+        """One tier's answer: a timeout per try, bounded retries with exponential backoff
+        for failures that a retry can fix (`retryable`), everything else raised at once."""
         name = self.policy.tiers[tier].name
-        timeout = self.args.tiers[tier].timeout_s
-        response = self.tiers[name].generate.remote(request)
-        try:
-            return await asyncio.wait_for(response, timeout=timeout)
-        except TimeoutError:
-            response.cancel()
-            raise TimeoutError(f"tier {name!r} timed out after {timeout:g} s") from None
+        cfg = self.args.tiers[tier]
+        for attempt in range(cfg.retries + 1):
+            response = self.tiers[name].generate.remote(request)
+            try:
+                return await asyncio.wait_for(response, timeout=cfg.timeout_s)
+            except TimeoutError:
+                response.cancel()
+                raise TimeoutError(f"tier {name!r} timed out after {cfg.timeout_s:g} s") from None
+            except Exception as e:
+                if attempt == cfg.retries or not retryable(e):
+                    raise
+                delay = cfg.retry_backoff_s * 2**attempt
+                logger.warning("tier %s: %r; retry %d in %.2f s", name, e, attempt + 1, delay)
+                self.metrics.retries.inc(tags={"tier": name})
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     # --- the cascade ---------------------------------------------------------------------
 
@@ -161,9 +172,16 @@ class CascadeServer:
             latency = time.perf_counter() - t0
             logger.warning("tier %s failed: %r", name, e)
             self.metrics.tier_calls.inc(tags={"tier": name, "outcome": "failed"})
+            cost = self.args.tiers[tier].failed_call_cost
+            if cost:
+                self.metrics.cost.inc(cost, tags={"tier": name})
             attempts.append(
                 TierAttempt(
-                    tier=name, outcome="failed", reasons=[_describe(e)], latency_s=latency, cost=0.0
+                    tier=name,
+                    outcome="failed",
+                    reasons=[_describe(e)],
+                    latency_s=latency,
+                    cost=cost,
                 )
             )
             return e
@@ -305,6 +323,15 @@ class CascadeServer:
             attempts=attempts,
         )
         return CascadeResult(out, model, routing)
+
+
+def retryable(e: BaseException) -> bool:
+    """Failures of the replica, not of the request: it died, was unreachable, or was
+    shedding load. A second try may reach a healthy (or restarted) replica."""
+    import ray.exceptions
+    from ray.serve.exceptions import BackPressureError
+
+    return isinstance(e, ray.exceptions.RayActorError | BackPressureError)
 
 
 def _describe(e: BaseException) -> str:

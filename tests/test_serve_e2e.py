@@ -56,13 +56,24 @@ def test_cascade_answers_a_task_prompt_with_the_answer_alone(client):
 
 
 @pytest.mark.parametrize("tier", ["cheap", "strong"])
-def test_forcing_a_tier(client, tier):
-    out = client.chat.completions.create(
-        model=tier, messages=[{"role": "user", "content": "rev abcde"}]
-    )
+def test_forcing_a_tier(client, zoo, tier):
+    """A forced tier answers with exactly its own model's greedy answer (vLLM in the graph,
+    transformers here)."""
+    from models.engine import SamplingSettings
+    from models.hf_engine import HFEngine
+
+    messages = [{"role": "user", "content": "rev abcde"}]
+    out = client.chat.completions.create(model=tier, messages=messages)
     routing = out.model_extra["routing"]
     assert routing["forced"] and routing["tiers_visited"] == [tier] and out.model == tier
-    assert out.choices[0].message.content == "edcba"
+    engine = HFEngine(str(zoo / tier))
+    prompt = engine.tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
+    direct = engine.generate_sync([prompt], SamplingSettings(max_tokens=16))[0]
+    assert out.choices[0].message.content == direct.text
+    if tier == "strong":
+        assert direct.text == "edcba"
 
 
 def test_streaming_gives_the_same_answer_and_routing_last(client, service):
