@@ -23,3 +23,43 @@ def hf_cheap(zoo):
     from models.hf_engine import HFEngine
 
     return HFEngine(str(zoo / "cheap"))
+
+
+# A zoo small enough to build in seconds: for tests of code that needs real checkpoints of the
+# zoo's shape, not its accuracy. `ensure_zoo(folder, TINY_ZOO)` builds it (no derived artifacts).
+def _tiny_zoo_spec():
+    from models.zoo import LMSpec, RouterSpec, ZooSpec
+
+    return ZooSpec(
+        seed=3,
+        cheap=LMSpec(hidden=32, layers=1, heads=1, intermediate=64, steps=30, batch=16, lr=3e-3),
+        strong=LMSpec(hidden=64, layers=1, heads=2, intermediate=64, steps=40, batch=16, lr=3e-3),
+        router=RouterSpec(
+            hidden=32, layers=1, heads=1, intermediate=64, label_queries=64, epochs=1
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo_spec():
+    return _tiny_zoo_spec()
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory, tiny_zoo_spec):
+    """A tiny zoo per test module (modules may copy or extend it)."""
+    from models.zoo import ensure_zoo
+
+    return ensure_zoo(tmp_path_factory.mktemp("zoo"), tiny_zoo_spec)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads; on a shared 2-core box 2 threads cost 40x.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -20,14 +20,7 @@ from calibration.baselines import (
 from calibration.head_training import RLConfig, SFTConfig
 from calibration.labels import LabelRecord, LabelSet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core box 2 threads cost 40x."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def label_set(n: int, seed: int, temperature: float = 2.0, dim: int = 8) -> LabelSet:

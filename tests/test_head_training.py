@@ -20,18 +20,12 @@ from calibration.head_training import (
 from calibration.labels import LabelRecord, LabelSet
 from calibration.metrics import ece
 from models.router_model import ConfidenceHead, ConfidenceHeadConfig, RouterWithHead
-from models.zoo import LMSpec, RouterSpec, ZooSpec, ensure_zoo
+from models.zoo import ensure_zoo
 
 DIM = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core box 2 threads cost 40x."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic(n: int, seed: int, shift: float = 1.6):
@@ -192,16 +186,8 @@ def test_bad_inputs_raise_clear_errors(sft_head, data):
         fit_head(as_label_set(x[:50], y[:50]), as_label_set(xv[:50], yv[:50]), num_workers=0)
 
 
-TINY = ZooSpec(
-    seed=3,
-    cheap=LMSpec(hidden=32, layers=1, heads=1, intermediate=64, steps=30, batch=16, lr=3e-3),
-    strong=LMSpec(hidden=64, layers=1, heads=2, intermediate=64, steps=40, batch=16, lr=3e-3),
-    router=RouterSpec(hidden=32, layers=1, heads=1, intermediate=64, label_queries=64, epochs=1),
-)
-
-
-def test_train_default_head_saves_a_head_the_router_serves(tmp_path, monkeypatch):
-    root = ensure_zoo(tmp_path / "zoo", TINY)
+def test_train_default_head_saves_a_head_the_router_serves(tmp_path, monkeypatch, tiny_zoo_spec):
+    root = ensure_zoo(tmp_path / "zoo", tiny_zoo_spec)
     monkeypatch.setattr(ht, "DEFAULT_LABELS", {"calibration": 300, "validation": 150})
     summary = train_default_head(root, seed=0)
     assert summary["method"] == "sft_rl_brier" and summary["seconds"] > 0

@@ -17,28 +17,8 @@ from calibration.labels import (
 )
 from models.oracle import ORACLE_MATRIX, Policy, true_policy
 from models.router_model import RouterWithHead
-from models.zoo import LMSpec, RouterSpec, ZooSpec, ensure_zoo
 
-TINY = ZooSpec(
-    seed=3,
-    cheap=LMSpec(hidden=32, layers=1, heads=1, intermediate=64, steps=30, batch=16, lr=3e-3),
-    strong=LMSpec(hidden=64, layers=1, heads=2, intermediate=64, steps=40, batch=16, lr=3e-3),
-    router=RouterSpec(hidden=32, layers=1, heads=1, intermediate=64, label_queries=64, epochs=1),
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core box 2 threads cost 40x."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-@pytest.fixture(scope="module")
-def tiny_zoo(tmp_path_factory):
-    return ensure_zoo(tmp_path_factory.mktemp("zoo"), TINY)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
