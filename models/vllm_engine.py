@@ -117,6 +117,8 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        if self.engine is None:
+            raise EngineError("this VLLMEngine was shut down; create a new one")
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
@@ -173,4 +175,9 @@ class VLLMEngine:
         )
 
     def shutdown(self) -> None:
-        self.engine.shutdown()
+        """Stop the EngineCore process; idempotent. The AsyncLLM is dropped here, while the
+        interpreter is whole: left to its own __del__ at exit it fails noisily."""
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.shutdown()
+            del engine
