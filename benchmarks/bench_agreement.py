@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
     tasks = sample(a.split, a.n, a.seed)
     expected = offline(tasks, a.split, a.seed)
     started = (
-        contextlib.nullcontext((a.url, None)) if a.url else running_app(config_args(), wait_s=400)
+        contextlib.nullcontext((a.url, None))
+        if a.url
+        else running_app(config_args(), wait_s=400, quiet=True)
     )
     with started as (base, _):
         served = asyncio.run(serve_all(base, tasks))

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = config_args(a.config)
     tiers = [t["name"] for t in args["tiers"]]
     prompts = [t.prompt for t in sample("test", 500, seed=9)]
-    with running_app(args, wait_s=400) as (base, _):
+    with running_app(args, wait_s=400, quiet=True) as (base, _):
         # one request per tier first: replicas are up, first-call costs are paid
         for t in tiers:
             httpx.post(

@@ -32,11 +32,15 @@ TIERS = ("cheap", "strong")
 def _args(max_batch_size: int = 16, autoscale: bool = False) -> dict[str, Any]:
     """The zoo graph on the transformers engine; with `autoscale`, both tiers autoscale as
     serve_config.yaml's `deployments:` list makes them (with faster delays for a short run)."""
+    # As in serve_config.yaml: the ingress and the router must not cap concurrency (Serve's
+    # default max_ongoing_requests is 5), or requests queue in the proxy and no tier ever sees
+    # the load it should scale on.
     opts: dict[str, dict] = {
-        n: {"ray_actor_options": {"num_cpus": 0.1}} for n in ("Ingress", "Router")
+        "Ingress": {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 256},
+        "Router": {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 64},
     }
     for t in TIERS:
-        opts[f"Tier-{t}"] = {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 8}
+        opts[f"Tier-{t}"] = {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 16}
         if autoscale:
             opts[f"Tier-{t}"]["autoscaling_config"] = {
                 "min_replicas": 1,
@@ -185,10 +189,10 @@ def main(argv: list[str] | None = None) -> None:
     n, seconds = (30, 30) if args.quick else (100, 60)
     out: list[str] = []
 
-    with running_app(_args(max_batch_size=16)) as (base, _):
+    with running_app(_args(max_batch_size=16), quiet=True) as (base, _):
         out.append(asyncio.run(overhead(base, n)))
         batched = asyncio.run(throughput(base, 4 * n))
-    with running_app(_args(max_batch_size=1)) as (base, _):
+    with running_app(_args(max_batch_size=1), quiet=True) as (base, _):
         single = asyncio.run(throughput(base, 4 * n))
     out.append(
         table(
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
 
-    with running_app(_args(autoscale=True)) as (base, _):
+    with running_app(_args(autoscale=True), quiet=True) as (base, _):
         easy = [
             t.prompt for t in sample("test", 200, seed=7, families={"add": 1, "sub": 1, "max": 1})
         ]

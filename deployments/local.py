@@ -41,10 +41,12 @@ def config_args(path: Path = REPO / "serve_config.yaml") -> dict[str, Any]:
 
 
 @contextmanager
-def running_app(args: dict[str, Any], num_cpus: int = 2, wait_s: float = 240):
+def running_app(args: dict[str, Any], num_cpus: int = 2, wait_s: float = 240, quiet: bool = False):
     """Yield (base_url, metrics_url) of the graph built from `args`; shut everything down after.
 
-    Ray's own files go where Ray puts them (/tmp/ray); pass RAY_TMPDIR to move them."""
+    Ray's own files go where Ray puts them (/tmp/ray); pass RAY_TMPDIR to move them. `quiet`
+    keeps the replicas' logs out of this process's output (they stay in Ray's log files), for
+    benchmarks whose tables should not drown in engine start-up lines."""
     import ray
     from ray import serve
 
@@ -66,6 +68,7 @@ def running_app(args: dict[str, Any], num_cpus: int = 2, wait_s: float = 240):
             }
         },
         logging_level="WARNING",
+        log_to_driver=not quiet,
     )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
