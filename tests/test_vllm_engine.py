@@ -16,20 +16,27 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def vllm_cheap(zoo):
+def run():
+    """One event loop for the module: an AsyncLLM lives on the loop of its first request.
+    Tasks still on it at the end (vLLM's output handler) are cancelled and awaited first."""
+    loop = asyncio.new_event_loop()
+    yield loop.run_until_complete
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.wait(pending))
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def vllm_cheap(zoo, run):
     from models.vllm_engine import VLLMEngine
 
     engine = VLLMEngine(str(zoo / "cheap"), dtype="float32")
     yield engine
     engine.shutdown()
-
-
-@pytest.fixture(scope="module")
-def run():
-    """One event loop for the module: an AsyncLLM lives on the loop of its first request."""
-    loop = asyncio.new_event_loop()
-    yield loop.run_until_complete
-    loop.close()
+    run(asyncio.sleep(0.1))  # let the loop see the output handler's cancellation
 
 
 @pytest.fixture(scope="module")
