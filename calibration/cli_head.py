@@ -45,10 +45,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--install",
         nargs="?",
-        const="sft_rl_brier",
+        const="sft_rl_log",
         default=None,
         metavar="METHOD",
-        help="copy this trained head beside the zoo's router (default sft_rl_brier)",
+        help="copy this trained head beside the zoo's router (default sft_rl_log)",
     )
     p.set_defaults(func=run_train, run=run_train)
 

@@ -16,7 +16,13 @@ from calibration.evaluate import fit_quality_estimator
 from calibration.replay import load_split, model_fingerprint
 from calibration.scores import ScorerSpec
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_MODE", "build_derived", "build_zoo_calibration"]
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_MODE",
+    "DERIVED_VERSION",
+    "build_derived",
+    "build_zoo_calibration",
+]
 
 # Conformal risk control at 2%: in expectation at most 2% of requests get a wrong cheap answer
 # that the strong tier would have got right. With the zoo's ~0.25 accuracy gap that keeps over
@@ -24,6 +30,9 @@ __all__ = ["DEFAULT_ALPHA", "DEFAULT_MODE", "build_derived", "build_zoo_calibrat
 DEFAULT_MODE = "risk"
 DEFAULT_ALPHA = 0.02
 CALIBRATION_FILE = "calibration.json"
+# Bumped whenever what is derived changes (2: the served head uses the log reward); a zoo whose
+# derived artifacts are older is re-derived (seconds), its models are kept.
+DERIVED_VERSION = 2
 
 
 def build_zoo_calibration(
@@ -71,6 +80,7 @@ def build_derived(root: Path, seed: int = 0) -> dict:
     t_cal = time.time() - t0
     head = train_default_head(root, seed=seed)
     return {
+        "version": DERIVED_VERSION,
         "calibration": {
             "mode": artifact.mode,
             "alpha": artifact.alpha,

@@ -190,7 +190,7 @@ def test_train_default_head_saves_a_head_the_router_serves(tmp_path, monkeypatch
     root = ensure_zoo(tmp_path / "zoo", tiny_zoo_spec)
     monkeypatch.setattr(ht, "DEFAULT_LABELS", {"calibration": 300, "validation": 150})
     summary = train_default_head(root, seed=0)
-    assert summary["method"] == "sft_rl_brier" and summary["seconds"] > 0
+    assert summary["method"] == "sft_rl_log" and summary["seconds"] > 0
     assert summary["labels"]["calibration"]["n"] == 300
     router = RouterWithHead(root / "router")
     assert router.confidence_source == "confidence_head"
