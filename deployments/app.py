@@ -140,7 +140,8 @@ class AuthArgs(_Strict):
     )
     tokens_file: str | None = Field(default=None, description="A file with one token a line.")
     open_paths: list[str] = Field(
-        default_factory=lambda: ["/healthz"], description="Paths served without a token."
+        default_factory=lambda: ["/healthz", "/readyz"],
+        description="Paths served without a token (probes).",
     )
 
 

@@ -1,6 +1,7 @@
 """Ingress: the OpenAI-compatible HTTP routes over the cascade.
 
-    POST /v1/chat/completions   POST /v1/completions   GET /v1/models   GET /healthz   GET /stats
+    POST /v1/chat/completions   POST /v1/completions   GET /v1/models
+    GET /healthz (liveness)   GET /readyz (every tier answers)   GET /stats
 
 Routes only translate HTTP <-> `CascadeServer`; the cascade itself is in `serving.py` and its
 decisions in `calibration`. Calibrated thresholds arrive through `user_config`
@@ -13,7 +14,7 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from deployments.app import AppArgs
@@ -114,6 +115,14 @@ class Ingress:
     @app.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok", "tiers": self.server.policy.tier_names}
+
+    @app.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        """Ready when every tier and the router answer; 503 with the laggards otherwise.
+        (/healthz only says the ingress is up: load balancers should route on this one.)"""
+        checks = await self.server.readiness()
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(status_code=200 if ready else 503, content={"ready": ready, **checks})
 
     @app.get("/stats")
     async def stats(self) -> dict:

@@ -139,6 +139,25 @@ class CascadeServer:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # the loop returns or raises
 
+    async def readiness(self, timeout_s: float = 5.0) -> dict[str, str]:
+        """Each tier's (and the router's) answer to a trivial call: 'ok', or why not. A
+        deployment still starting, or with no live replica, does not answer in time."""
+        targets = dict(self.tiers)
+        if self.router is not None:
+            targets["router"] = self.router
+
+        async def check(handle) -> str:
+            try:
+                await asyncio.wait_for(handle.info.remote(), timeout=timeout_s)
+            except TimeoutError:
+                return f"no answer in {timeout_s:g} s"
+            except Exception as e:
+                return _describe(e)
+            return "ok"
+
+        results = await asyncio.gather(*(check(h) for h in targets.values()))
+        return dict(zip(targets, results, strict=True))
+
     # --- the cascade ---------------------------------------------------------------------
 
     async def serve(

@@ -85,6 +85,7 @@ def test_auth_requires_a_configured_bearer_token(base):
         assert r.json()["error"]["type"] == "authentication_error"
     assert httpx.get(f"{base}/v1/models", timeout=30).status_code == 401
     assert httpx.get(f"{base}/healthz", timeout=30).status_code == 200  # open for probes
+    assert httpx.get(f"{base}/readyz", timeout=30).json()["ready"] is True
     for token in (TOKEN, "second-key-0000"):
         r = httpx.post(
             f"{base}/v1/chat/completions",

@@ -111,6 +111,9 @@ def test_models_health_and_stats(client, service):
     base, _ = service
     assert {m.id for m in client.models.list()} == {"cascade", "cheap", "strong"}
     assert httpx.get(f"{base}/healthz").json()["status"] == "ok"
+    ready = httpx.get(f"{base}/readyz", timeout=30)
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "cheap": "ok", "strong": "ok", "router": "ok"}
     stats = httpx.get(f"{base}/stats").json()
     assert stats["requests"] >= 1
     assert set(stats["answered_by"]) <= {"cheap", "strong"}
