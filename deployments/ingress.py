@@ -14,7 +14,8 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 
 from deployments.app import AppArgs
@@ -29,6 +30,7 @@ from deployments.openai_format import (
     task_type,
     usage,
 )
+from deployments.openapi_limits import with_limits
 from deployments.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -47,7 +49,11 @@ __all__ = ["Ingress", "app"]
 
 logger = logging.getLogger("ray.serve")
 
-app = FastAPI(title="cascade-router", version="0.1.0")
+# /openapi.json and /docs are routes of the deployment (below), so that the schema they serve
+# carries this deployment's limits; FastAPI's own would describe field types only.
+app = FastAPI(
+    title="cascade-router", version="0.1.0", openapi_url=None, docs_url=None, redoc_url=None
+)
 install_handlers(app)
 
 
@@ -93,6 +99,7 @@ class Ingress:
         self.base_args = AppArgs.model_validate(args)
         self.server = CascadeServer(self.base_args, tiers, router)
         app.state.max_body_bytes = self.base_args.limits.max_body_bytes
+        self._openapi: dict | None = None
         auth = self.base_args.auth
         app.state.auth = TokenCheck(load_tokens(auth), auth.open_paths)
         logger.info("ingress auth: %s", "bearer tokens" if app.state.auth.enabled else "off")
@@ -137,6 +144,16 @@ class Ingress:
             },
             "router_threshold": self.server.policy.router_threshold,
         }
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> dict:
+        if self._openapi is None:
+            self._openapi = with_limits(request.app.openapi(), self.server.args)
+        return self._openapi
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="cascade-router")
 
     @app.get("/v1/models")
     async def models(self) -> ModelList:
