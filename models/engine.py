@@ -13,7 +13,15 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Engine", "EngineError", "EngineKind", "Generation", "SamplingSettings", "load_engine"]
+__all__ = [
+    "GREEDY_TEMPERATURE",
+    "Engine",
+    "EngineError",
+    "EngineKind",
+    "Generation",
+    "SamplingSettings",
+    "load_engine",
+]
 
 FinishReason = Literal["stop", "length"]
 
@@ -22,9 +30,14 @@ class EngineError(RuntimeError):
     """A backend failed to produce a generation (bad model path, device error, ...)."""
 
 
+GREEDY_TEMPERATURE = 1e-5
+"""Temperatures below this decode greedily, as vLLM does (its _SAMPLING_EPS): logits divided by
+a tiny positive temperature overflow to inf and the sampling distribution to NaN."""
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How to decode. temperature == 0 means greedy."""
+    """How to decode. temperature < GREEDY_TEMPERATURE (0 included) means greedy."""
 
     max_tokens: int = 32
     temperature: float = 0.0
@@ -44,6 +57,10 @@ class SamplingSettings:
             raise ValueError(f"top_logprobs must be in [0, 20], got {self.top_logprobs}")
         if any(not s for s in self.stop):
             raise ValueError(f"stop strings must be non-empty, got {list(self.stop)}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_TEMPERATURE
 
 
 @dataclass(frozen=True)

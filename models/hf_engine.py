@@ -71,7 +71,7 @@ class HFEngine:
                 f"prompt ({prompt_len} tokens) + max_tokens ({settings.max_tokens}) exceeds the "
                 f"model's context of {self.max_length} tokens; shorten the prompt or max_tokens"
             )
-        sampling = settings.temperature > 0
+        sampling = not settings.greedy
         kwargs = dict(
             max_new_tokens=settings.max_tokens,
             do_sample=sampling,

@@ -72,6 +72,15 @@ def test_sampling_is_reproducible_with_a_seed(hf_cheap, prompts):
         assert_matches_forward_pass(hf_cheap.model, hf_cheap.tokenizer, prompt, gen)
 
 
+def test_a_vanishing_temperature_decodes_greedily(hf_cheap, prompts):
+    """Found by fuzzing: temperature 5e-324 used to overflow the logits into a NaN
+    distribution; below GREEDY_TEMPERATURE it is greedy decoding, as in vLLM."""
+    greedy = hf_cheap.generate_sync(prompts, SamplingSettings(max_tokens=6))
+    for t in (5e-324, 1e-300, 1e-6):
+        tiny = hf_cheap.generate_sync(prompts, SamplingSettings(max_tokens=6, temperature=t))
+        assert [g.token_ids for g in tiny] == [g.token_ids for g in greedy]
+
+
 def test_async_generate_and_protocol(hf_cheap, prompts):
     gens = asyncio.run(hf_cheap.generate(prompts[:2], SamplingSettings(max_tokens=4)))
     assert all(isinstance(g, Generation) for g in gens)
