@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 from deployments.app import AppArgs
+from deployments.protocol import ErrorResponse
 
 __all__ = ["with_limits"]
 
@@ -13,8 +14,10 @@ __all__ = ["with_limits"]
 def with_limits(schema: dict[str, Any], args: AppArgs) -> dict[str, Any]:
     """A copy of the OpenAPI schema with this deployment's own limits: the model names it
     serves, the largest max_tokens and prompt it accepts, non-empty stop strings, a non-empty
-    user message. Clients and schema fuzzers then see what is valid here, not just types."""
+    user message; and the errors it really returns (OpenAI-shaped 4xx/5xx, not FastAPI's 422).
+    Clients and schema fuzzers then see what is valid here, not just types."""
     schema = copy.deepcopy(schema)
+    _document_errors(schema)
     limits = args.limits
     models = ["cascade", *(t.name for t in args.tiers)]
     defs = schema.get("components", {}).get("schemas", {})
@@ -48,3 +51,30 @@ def with_limits(schema: dict[str, Any], args: AppArgs) -> dict[str, Any]:
             if option.get("type") == "string":
                 option["maxLength"] = limits.max_prompt_chars
     return schema
+
+
+_ERRORS = {
+    "400": "Invalid request: error.message says what to fix, error.param names the field.",
+    "401": "Auth is on and no valid bearer token was sent.",
+    "413": "The body is over the configured size limit.",
+    "503": "No tier could answer (error.message says which failed how).",
+}
+
+
+def _document_errors(schema: dict[str, Any]) -> None:
+    """Replace FastAPI's 422 HTTPValidationError with the OpenAI error object this service
+    returns, on every operation that takes a body."""
+    defs = schema.setdefault("components", {}).setdefault("schemas", {})
+    error = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs.update(error.pop("$defs", {}))
+    defs["ErrorResponse"] = error
+    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    for methods in schema.get("paths", {}).values():
+        for op in methods.values():
+            responses = op.get("responses", {})
+            if responses.pop("422", None) is None:
+                continue
+            for code, text in _ERRORS.items():
+                responses[code] = {"description": text, "content": ref}
+    for unused in ("HTTPValidationError", "ValidationError"):
+        defs.pop(unused, None)

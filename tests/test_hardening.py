@@ -332,16 +332,20 @@ def test_a_tier_replica_killed_mid_load_loses_no_request(base):
 
 def test_fuzzing_the_openapi_schema_finds_no_server_error(base):
     """Schemathesis generates valid and invalid requests for every operation of the
-    ingress's own schema; none may get a 5xx."""
+    ingress's own schema; none may get a 5xx, and every 4xx is an OpenAI error object."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
     from schemathesis.generation import GenerationMode
 
+    from deployments.protocol import ErrorResponse
+
     doc = httpx.get(f"{base}/openapi.json", headers=AUTH, timeout=30).json()
     # the schema carries this deployment's limits, so valid cases are valid here
     chat = doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]
     assert chat["model"]["enum"] == ["cascade", "cheap", "strong"]
+    responses = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert "422" not in responses and {"400", "401", "413", "503"} <= set(responses)
     schema = schemathesis.openapi.from_dict(doc)
     seen: list[tuple[str, int]] = []
 
@@ -358,6 +362,8 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(base):
             response = case.call(base_url=base, headers=AUTH, timeout=60)
             seen.append((op.label, response.status_code))
             assert response.status_code < 500, (case.as_curl_command(), response.text)
+            if response.status_code >= 400:  # every refusal is an OpenAI error object
+                ErrorResponse.model_validate(response.json())
 
         check()
 
