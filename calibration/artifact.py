@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from calibration.conformal import ConformalResult
 from calibration.feedback import FeedbackConfig, FeedbackSignal
 from calibration.feedback import signal as _signal
 from calibration.scores import HeuristicLimits, Scorer, ScorerSpec, SeedHeuristicScorer
@@ -111,6 +112,29 @@ class CascadeCalibration(BaseModel):
             threshold=SeedHeuristicScorer.THRESHOLD,
             model=model,
             **kwargs,
+        )
+
+    @classmethod
+    def from_result(
+        cls,
+        result: ConformalResult,
+        scorer: Scorer,
+        feedback: FeedbackConfig,
+        model: ModelIdentity,
+        calibration_split: str,
+    ) -> CascadeCalibration:
+        """The artifact of one conformal calibration: its threshold with how it came about."""
+        return cls(
+            scorer=ScorerSpec.of(scorer),
+            feedback=feedback,
+            mode=result.mode,
+            alpha=result.alpha,
+            threshold=result.threshold,
+            n_calibration=result.n,
+            conservative=result.conservative,
+            model=model,
+            calibration_split=calibration_split,
+            note=result.note,
         )
 
     def build_scorer(self) -> Scorer:

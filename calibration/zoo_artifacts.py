@@ -14,7 +14,6 @@ from calibration.artifact import CascadeCalibration, ModelIdentity
 from calibration.conformal import calibrate
 from calibration.evaluate import fit_quality_estimator
 from calibration.replay import load_split, model_fingerprint
-from calibration.scores import ScorerSpec
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -51,21 +50,15 @@ def build_zoo_calibration(
     scorer = fit_quality_estimator(fit)
     scores = scorer.score_many(cal.features[cal.tiers[0]], cal.feature_names)
     res = calibrate(mode, scores, alpha, wrong=cal.wrong, strong_right=cal.strong_right)
-    artifact = CascadeCalibration(
-        scorer=ScorerSpec.of(scorer),
-        feedback=cal.feedback,
-        mode=mode,
-        alpha=alpha,
-        threshold=res.threshold,
-        n_calibration=res.n,
-        conservative=res.conservative,
-        model=ModelIdentity(
-            name="zoo:cheap",
-            path=str(root / "cheap"),
-            fingerprint=model_fingerprint(root / "cheap"),
-        ),
-        calibration_split=f"calibration seed={seed} n={n_cal}; fit: validation n={n_fit}",
-        note=res.note,
+    model = ModelIdentity(
+        name="zoo:cheap", path=str(root / "cheap"), fingerprint=model_fingerprint(root / "cheap")
+    )
+    artifact = CascadeCalibration.from_result(
+        res,
+        scorer,
+        cal.feedback,
+        model,
+        f"calibration seed={seed} n={n_cal}; fit: validation n={n_fit}",
     )
     artifact.save(root / CALIBRATION_FILE)
     return artifact

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from calibration.conformal import calibrate, empirical, trials
     from calibration.evaluate import fit_quality_estimator, replay
     from calibration.replay import load_split, model_fingerprint
-    from calibration.scores import ScorerSpec, SeedHeuristicScorer, get_scorer
+    from calibration.scores import SeedHeuristicScorer, get_scorer
 
     if not 0 < args.alpha < 1:
         raise SystemExit(f"--alpha must be in (0, 1), got {args.alpha}")
@@ -130,17 +130,8 @@ def run(args: argparse.Namespace) -> int:
         res = calibrate(
             args.mode, scores(cal), args.alpha, wrong=cal.wrong, strong_right=cal.strong_right
         )
-        artifact = CascadeCalibration(
-            scorer=ScorerSpec.of(scorer),
-            feedback=cal.feedback,
-            mode=args.mode,
-            alpha=args.alpha,
-            threshold=res.threshold,
-            n_calibration=res.n,
-            conservative=res.conservative,
-            model=model,
-            calibration_split=f"calibration seed={args.seed} n={args.n_cal}",
-            note=res.note,
+        artifact = CascadeCalibration.from_result(
+            res, scorer, cal.feedback, model, f"calibration seed={args.seed} n={args.n_cal}"
         )
         log(f"checking over {args.trials} random partitions")
         check = trials(
