@@ -23,19 +23,30 @@ from deployments.local import REPO, config_args, running_app
 from models.tasks import sample
 
 
-def replica_counts(tiers: list[str]) -> dict[str, int]:
-    """Running replicas per tier deployment, from Serve's own status."""
+def replica_counts(tiers: list[str], state: str | None = "RUNNING") -> dict[str, int]:
+    """Replicas per tier deployment in `state` (None: in any state, starting and stopping
+    included), from Serve's own status."""
     from ray import serve
 
     deps = serve.status().applications["cascade"].deployments
-    return {
-        t: deps[f"Tier-{t}"].replica_states.get("RUNNING", 0) for t in tiers if f"Tier-{t}" in deps
-    }
+    counts = {}
+    for t in tiers:
+        states = deps[f"Tier-{t}"].replica_states if f"Tier-{t}" in deps else {}
+        counts[t] = sum(states.values()) if state is None else states.get(state, 0)
+    return counts
 
 
 async def run_load(
-    base: str, prompts: list[str], tiers: list[str], clients: int, seconds: float
+    base: str,
+    prompts: list[str],
+    tiers: list[str],
+    clients: int,
+    seconds: float,
+    watch_every_s: float = 5.0,
+    count_state: str | None = "RUNNING",
 ) -> dict:
+    """`clients` concurrent clients sending `prompts` (model cascade) until the deadline,
+    while every tier's replica count is sampled every `watch_every_s`."""
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     final: Counter[str] = Counter()
@@ -68,9 +79,9 @@ async def run_load(
 
     async def watch() -> None:
         while time.perf_counter() < stop:
-            counts = await asyncio.to_thread(replica_counts, tiers)
+            counts = await asyncio.to_thread(replica_counts, tiers, count_state)
             timeline.append((time.perf_counter() - t_start, counts))
-            await asyncio.sleep(5)
+            await asyncio.sleep(watch_every_s)
 
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=clients + 4)) as c:
         await asyncio.gather(watch(), *(client(c, k) for k in range(clients)))

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmarks.bench_load import replica_counts, run_load
 from benchmarks.tables import table
 from deployments.local import running_app
 from models.tasks import sample
@@ -144,41 +145,9 @@ async def throughput(base: str, n: int, concurrency: int = 16) -> tuple[float, f
     return n / wall, statistics.median(lat)
 
 
-def replicas() -> dict[str, int]:
-    from ray import serve
-
-    status = serve.status().applications["cascade"].deployments
-    return {t: sum(status[f"Tier-{t}"].replica_states.values()) for t in TIERS}
-
-
-async def load(base: str, prompts: list[str], seconds: float, concurrency: int) -> dict:
-    counts: list[tuple[float, dict[str, int]]] = []
-    stop = time.perf_counter() + seconds
-    done, errors = 0, 0
-
-    async def worker(client: httpx.AsyncClient, i: int) -> None:
-        nonlocal done, errors
-        while time.perf_counter() < stop:
-            try:
-                await _timed(client, base, _chat("cascade", prompts[(done + i) % len(prompts)]))
-                done += 1
-            except httpx.HTTPError:
-                errors += 1
-
-    async def watch() -> None:
-        t0 = time.perf_counter()
-        while time.perf_counter() < stop:
-            counts.append((time.perf_counter() - t0, replicas()))
-            await asyncio.sleep(3)
-
-    async with httpx.AsyncClient() as client:
-        await asyncio.gather(watch(), *(worker(client, i) for i in range(concurrency)))
-    return {"done": done, "errors": errors, "counts": counts}
-
-
 async def _settle(target: dict[str, int], timeout: float = 120) -> None:
     t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout and replicas() != target:
+    while time.perf_counter() - t0 < timeout and replica_counts(list(TIERS), None) != target:
         await asyncio.sleep(2)
 
 
@@ -218,10 +187,13 @@ def main(argv: list[str] | None = None) -> None:
         rows = []
         for label, prompts in (("easy (add/sub/max)", easy), ("hard (rev)", hard)):
             asyncio.run(_settle({"cheap": 1, "strong": 1}))
-            r = asyncio.run(load(base, prompts, seconds, concurrency=16))
-            peak = {t: max(c[t] for _, c in r["counts"]) for t in TIERS}
-            timeline = " ".join(f"{int(s)}s:{c['cheap']}/{c['strong']}" for s, c in r["counts"])
-            rows.append([label, r["done"], r["errors"], peak["cheap"], peak["strong"], timeline])
+            r = asyncio.run(
+                run_load(base, prompts, list(TIERS), 16, seconds, watch_every_s=3, count_state=None)
+            )
+            peak = {t: max(c[t] for _, c in r["timeline"]) for t in TIERS}
+            timeline = " ".join(f"{int(s)}s:{c['cheap']}/{c['strong']}" for s, c in r["timeline"])
+            errors = r["sent"] - r["ok"]
+            rows.append([label, r["ok"], errors, peak["cheap"], peak["strong"], timeline])
         out.append(
             table(
                 f"Independent scaling, 16 clients x {seconds} s per workload "
