@@ -39,6 +39,9 @@ serve: zoo
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	# the layer, forbidden and acyclic contracts of pyproject's [tool.importlinter] (under a
+	# second, so no cache directory)
+	$(VENV)/bin/lint-imports --no-cache
 
 test: lint zoo
 	$(PY) -m pytest

@@ -1,6 +1,6 @@
 """Serving vs offline evaluation: the zoo test split through the running service
 (serve_config.yaml as shipped: vLLM tiers, router with its head, the zoo's calibration), and
-the same requests replayed offline through `calibration.expected_routes`.
+the same requests replayed offline through `offline.expected_routes`.
 
     python -m benchmarks.bench_agreement [--n 300] [--seed 0] [--url http://127.0.0.1:8000]
 
@@ -15,16 +15,15 @@ import argparse
 import asyncio
 import contextlib
 import json
+from pathlib import Path
 
 import httpx
 
 from benchmarks.tables import table
-from calibration.artifact import CascadeCalibration
-from calibration.expected_routes import ANSWER_MAX_TOKENS, compare, expected_routes
-from calibration.policy import policy_from_serve_config
-from deployments.local import config_args, running_app
-from models.tasks import Task, sample
-from models.zoo import calibration_path, ensure_zoo, resolve
+from calibration.config import SERVE_CONFIG, AppArgs
+from deployments.local import running_app
+from models.tasks import Task
+from offline.expected_routes import ANSWER_MAX_TOKENS, compare, expected_routes
 
 
 async def serve_all(base: str, tasks: list[Task], concurrency: int = 4) -> list[dict]:
@@ -47,23 +46,9 @@ async def serve_all(base: str, tasks: list[Task], concurrency: int = 4) -> list[
         return list(await asyncio.gather(*(one(client, t) for t in tasks)))
 
 
-def offline(tasks: list[Task], split: str, seed: int) -> list:
-    """The routes serving_config.yaml's cascade should take, without Ray."""
-    args = config_args()
-    if (args.get("calibration") or {}).get("file", "zoo") != "zoo":
-        raise SystemExit(
-            "this check replays the zoo's calibration; serve_config.yaml names another"
-        )
-    ensure_zoo()
-    return expected_routes(
-        tasks,
-        policy=policy_from_serve_config(),
-        calibration=CascadeCalibration.load(calibration_path()),
-        tier_dirs={t["name"]: resolve(t["model"]) for t in args["tiers"]},
-        router_dir=resolve(args["router"]["model"]),
-        split=split,
-        seed=seed,
-    )
+def offline(app: AppArgs, n: int, split: str, seed: int):
+    """`sample(split, n, seed)` and the routes the served `app` should take, without Ray."""
+    return expected_routes(app, split, seed, n)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -72,14 +57,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="test")
     p.add_argument("--url", default=None, help="a running service; default: start one here")
+    p.add_argument("--config", type=Path, default=SERVE_CONFIG, help="the served config")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    tasks = sample(a.split, a.n, a.seed)
-    expected = offline(tasks, a.split, a.seed)
+    app = AppArgs.from_serve_config(a.config)
+    tasks, expected = offline(app, a.n, a.split, a.seed)
     started = (
         contextlib.nullcontext((a.url, None))
         if a.url
-        else running_app(config_args(), wait_s=400, quiet=True)
+        else running_app(app, wait_s=400, quiet=True)
     )
     with started as (base, _):
         served = asyncio.run(serve_all(base, tasks))
@@ -91,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         table(
             f"Serving vs offline evaluation, {a.split} split seed {a.seed}, n={a.n} "
-            "(serve_config.yaml)",
+            f"({a.config.name})",
             ["", "accuracy", "mean cost", "escalation rate"],
             [
                 [

@@ -16,7 +16,7 @@ import numpy as np
 
 from calibration.feedback import FeedbackConfig, extract_features, features_from_arrays, signal
 from calibration.scores import QualityEstimator, get_scorer
-from calibration.synthetic import random_generation, synthetic_split
+from offline.synthetic import random_generation, synthetic_split
 
 
 def _us(fn, repeat: int) -> float:

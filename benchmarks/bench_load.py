@@ -19,7 +19,8 @@ import httpx
 import numpy as np
 
 from benchmarks.tables import table
-from deployments.local import REPO, config_args, running_app
+from calibration.config import AppArgs
+from deployments.local import REPO, running_app
 from models.tasks import sample
 
 
@@ -103,8 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--config", type=Path, default=REPO / "serve_config.yaml")
     a = p.parse_args(argv)
-    args = config_args(a.config)
-    tiers = [t["name"] for t in args["tiers"]]
+    args = AppArgs.from_serve_config(a.config)
+    tiers = args.tier_names
     prompts = [t.prompt for t in sample("test", 500, seed=9)]
     with running_app(args, wait_s=400, quiet=True) as (base, _):
         # one request per tier first: replicas are up, first-call costs are paid

@@ -1,9 +1,10 @@
 """Deciding from signals, and making the decisions trustworthy.
 
-The serving path needs four names: `CascadeCalibration.load(path)` (the artifact),
-`signal(generation, scorer, threshold)` or `artifact.signal(generation)` (the verdict on one
-answer), and `start_tier` / `decide` (the ladder). Everything here is pure Python + numpy;
-nothing imports Ray. Names resolve lazily, so `import calibration` costs nothing until used.
+The request-time core: features and signals from one tier's answer, scores, conformal
+thresholds, the tier ladder, the cascade state machine (`CascadeRun`), the calibration
+artifact, the application's typed config, and the seed design's facade. numpy and pydantic
+only: nothing here imports Ray, FastAPI, torch, transformers or vLLM (import-linter
+checks). Names resolve lazily, so `import calibration` costs nothing until used.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ _EXPORTS: dict[str, str] = {
     # feedback: logprobs -> features -> signal
     "FEATURE_NAMES": "feedback",
     "FeedbackConfig": "feedback",
-    "FeedbackSignal": "feedback",
+    "TierSignal": "feedback",
     "binary_entropy": "feedback",
     "extract_features": "feedback",
     "feature_matrix": "feedback",
@@ -40,27 +41,44 @@ _EXPORTS: dict[str, str] = {
     "trials": "conformal",
     # policy: the tier ladder
     "CascadePolicyConfig": "policy",
-    "CascadeStats": "policy",
     "Decision": "policy",
     "TierConfig": "policy",
     "decide": "policy",
     "request_cost": "policy",
-    "run_cascade": "policy",
     "start_tier": "policy",
+    # cascade: the one state machine
+    "CascadeOutcome": "cascade",
+    "CascadeRun": "cascade",
+    "CascadeStats": "cascade",
+    "NoTierAnswered": "cascade",
+    "run_cascade": "cascade",
+    # generation: one tier's answer
+    "Generation": "generation",
     # artifact: what serving loads
+    "CascadeArtifact": "artifact",
+    "load_artifact": "artifact",
+    # config: the application's one typed config
+    "AppArgs": "config",
     "CascadeCalibration": "artifact",
     "ModelIdentity": "artifact",
     # the seed design's interface
+    "CascadeResult": "seed_router",
     "ExecutionFeedbackRouter": "seed_router",
+    "FeedbackSignal": "seed_router",
 }
 
 __all__ = [
     "CONFORMAL_MODES",
     "FEATURE_NAMES",
     "SCORERS",
+    "AppArgs",
     "CalibrationError",
+    "CascadeArtifact",
     "CascadeCalibration",
+    "CascadeOutcome",
     "CascadePolicyConfig",
+    "CascadeResult",
+    "CascadeRun",
     "CascadeStats",
     "ConformalResult",
     "Decision",
@@ -68,13 +86,16 @@ __all__ = [
     "FeatureScorer",
     "FeedbackConfig",
     "FeedbackSignal",
+    "Generation",
     "HeuristicLimits",
     "ModelIdentity",
+    "NoTierAnswered",
     "QualityEstimator",
     "Scorer",
     "ScorerSpec",
     "SeedHeuristicScorer",
     "TierConfig",
+    "TierSignal",
     "binary_entropy",
     "calibrate",
     "decide",
@@ -83,6 +104,7 @@ __all__ = [
     "feature_names",
     "features_from_arrays",
     "get_scorer",
+    "load_artifact",
     "request_cost",
     "run_cascade",
     "signal",
@@ -107,7 +129,20 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
-    from calibration.artifact import CascadeCalibration, ModelIdentity
+    from calibration.artifact import (
+        CascadeArtifact,
+        CascadeCalibration,
+        ModelIdentity,
+        load_artifact,
+    )
+    from calibration.cascade import (
+        CascadeOutcome,
+        CascadeRun,
+        CascadeStats,
+        NoTierAnswered,
+        run_cascade,
+    )
+    from calibration.config import AppArgs
     from calibration.conformal import (
         CONFORMAL_MODES,
         CalibrationError,
@@ -118,7 +153,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from calibration.feedback import (
         FEATURE_NAMES,
         FeedbackConfig,
-        FeedbackSignal,
+        TierSignal,
         binary_entropy,
         extract_features,
         feature_matrix,
@@ -127,14 +162,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
         signal,
         token_entropy,
     )
+    from calibration.generation import Generation
     from calibration.policy import (
         CascadePolicyConfig,
-        CascadeStats,
         Decision,
         TierConfig,
         decide,
         request_cost,
-        run_cascade,
         start_tier,
     )
     from calibration.scores import (
@@ -147,4 +181,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
         SeedHeuristicScorer,
         get_scorer,
     )
-    from calibration.seed_router import ExecutionFeedbackRouter
+    from calibration.seed_router import (
+        CascadeResult,
+        ExecutionFeedbackRouter,
+        FeedbackSignal,
+    )

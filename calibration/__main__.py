@@ -1,38 +1,13 @@
-"""python -m calibration <command>: offline evaluation and calibration of the cascade.
+"""python -m calibration <command>: the command users know, forwarded to the offline CLI.
 
-    python -m calibration evaluate --split test --json
-    python -m calibration conformal --mode risk --alpha 0.05 --trials 200 --json --out cal.json
-    python -m calibration labels|train|report|ablate ...   (the router's confidence head)
-
-Each command group is one module under `calibration/commands/` with `register(subparsers)`;
-adding one is a new module and a line in `COMMANDS`.
+The request-time core never imports offline code; this entry point is the one, declared
+exception (`ignore_imports` in pyproject's import-linter contracts): it is run as a program,
+never imported by serving.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from importlib import import_module
 
-COMMANDS: tuple[str, ...] = (
-    "calibration.commands.evaluate",
-    "calibration.commands.conformal",
-    "calibration.cli_head",
-)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m calibration",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
-        import_module(name).register(sub)
-    args = parser.parse_args(argv)
-    return int(args.run(args) or 0)
-
+from offline.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

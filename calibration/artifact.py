@@ -1,12 +1,16 @@
 """The calibration artifact: everything serving needs to decide, as one JSON file.
 
-`python -m calibration conformal ... --out PATH` writes it from the zoo's calibration split;
-serving loads it once at start-up and, per answer, calls `calibration.signal(generation)`
-then `calibration.policy.decide(...)`. It names the model it was calibrated for, so a
-deployment can refuse a threshold that belongs to another checkpoint.
+A `CascadeArtifact` holds one `CascadeCalibration` (scorer, threshold, how it was obtained,
+the model it belongs to) for every tier but the top, since each tier's answers need their own
+threshold. The zoo build and `python -m calibration conformal ... --out PATH` write it; serving
+loads it once at start-up and, per answer below the top, asks for that tier's signal, which
+`calibration.cascade.CascadeRun` turns into accept or escalate.
 
-    cal = CascadeCalibration.load("artifacts/calibration.json")
-    sig = cal.signal(generation)          # FeedbackSignal: score, threshold, escalate, reasons
+    art = load_artifact("artifacts/calibration.json", tiers=["cheap", "mid", "strong"])
+    sig = art.signal("cheap", generation)   # TierSignal: score, threshold, escalate, reasons
+
+A single-tier file (a bare `CascadeCalibration`, version 1) still loads: it calibrates the
+cheapest tier.
 """
 
 from __future__ import annotations
@@ -28,13 +32,22 @@ from pydantic import (
 )
 
 from calibration.conformal import ConformalResult
-from calibration.feedback import FeedbackConfig, FeedbackSignal
+from calibration.feedback import FeedbackConfig, TierSignal
 from calibration.feedback import signal as _signal
 from calibration.scores import HeuristicLimits, Scorer, ScorerSpec, SeedHeuristicScorer
 
-__all__ = ["ARTIFACT_VERSION", "CalibrationMode", "CascadeCalibration", "ModelIdentity"]
+__all__ = [
+    "ARTIFACT_VERSION",
+    "CASCADE_ARTIFACT_VERSION",
+    "CalibrationMode",
+    "CascadeArtifact",
+    "CascadeCalibration",
+    "ModelIdentity",
+    "load_artifact",
+]
 
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 1  # one tier's calibration
+CASCADE_ARTIFACT_VERSION = 2  # every non-final tier's, in one file
 CalibrationMode = Literal["budget", "recall", "risk", "heuristic"]
 
 
@@ -143,7 +156,7 @@ class CascadeCalibration(BaseModel):
             self._scorer = self.scorer.build()
         return self._scorer
 
-    def signal(self, generation=None, *, features=None) -> FeedbackSignal:
+    def signal(self, generation=None, *, features=None) -> TierSignal:
         """`calibration.feedback.signal` with this artifact's scorer, threshold and config."""
         return _signal(
             generation, self.build_scorer(), self.threshold, self.feedback, features=features
@@ -167,3 +180,104 @@ class CascadeCalibration(BaseModel):
             return cls.model_validate(raw)
         except ValidationError as e:
             raise ValueError(f"invalid calibration artifact {path}: {e}") from e
+
+
+class CascadeArtifact(BaseModel):
+    """Every non-final tier's calibration, and the population they were calibrated on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
+
+    version: int = Field(default=CASCADE_ARTIFACT_VERSION, description="Artifact format version.")
+    tiers: dict[str, CascadeCalibration] = Field(
+        description="Tier name -> its calibration; every tier but the top needs one."
+    )
+    population: str = Field(
+        default="",
+        description="Which requests each tier was calibrated on, e.g. those the served router "
+        "and policy send to it; the guarantee is conditional on that population.",
+    )
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    note: str = Field(default="")
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: int) -> int:
+        if value != CASCADE_ARTIFACT_VERSION:
+            raise ValueError(
+                f"cascade artifact version {value} is not supported "
+                f"(need {CASCADE_ARTIFACT_VERSION})"
+            )
+        return value
+
+    @field_validator("tiers")
+    @classmethod
+    def _some(cls, value: dict[str, CascadeCalibration]) -> dict[str, CascadeCalibration]:
+        if not value:
+            raise ValueError("a cascade artifact needs at least one tier's calibration")
+        return value
+
+    @classmethod
+    def heuristic(cls, tiers: dict[str, ModelIdentity]) -> CascadeArtifact:
+        """The seed design's fixed limits at every given tier (no data needed)."""
+        return cls(
+            tiers={name: CascadeCalibration.heuristic(model) for name, model in tiers.items()},
+            population="none: fixed heuristic limits",
+        )
+
+    def for_tier(self, tier: str) -> CascadeCalibration:
+        try:
+            return self.tiers[tier]
+        except KeyError:
+            raise KeyError(
+                f"the calibration artifact has no threshold for tier {tier!r}; it calibrates "
+                f"{sorted(self.tiers)}"
+            ) from None
+
+    def signal(self, tier: str, generation=None, *, features=None) -> TierSignal:
+        """`tier`'s calibrated verdict on one of its answers."""
+        return self.for_tier(tier).signal(generation, features=features)
+
+    def check_covers(self, tiers: list[str]) -> None:
+        """Serving refuses to start unless every tier below the top has a threshold."""
+        missing = [t for t in tiers[:-1] if t not in self.tiers]
+        if missing:
+            raise ValueError(
+                f"the calibration artifact has no threshold for tiers {missing} (it has "
+                f"{sorted(self.tiers)}); recalibrate for this ladder (`python -m calibration "
+                "conformal --out FILE`) or set calibration.file: null for the heuristic limits"
+            )
+
+    def with_thresholds(self, overrides: dict[str, float]) -> CascadeArtifact:
+        """A copy with some tiers' thresholds replaced (user_config's overrides)."""
+        for tier in overrides:
+            self.for_tier(tier)
+        tiers = {
+            name: cal.model_copy(update={"threshold": overrides[name]})
+            if name in overrides
+            else cal
+            for name, cal in self.tiers.items()
+        }
+        return self.model_copy(update={"tiers": tiers})
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.model_dump_json(indent=2) + "\n")
+        return path
+
+
+def load_artifact(path: str | Path, tiers: list[str]) -> CascadeArtifact:
+    """Read a cascade artifact for the ladder `tiers`; a single-tier file (version 1)
+    calibrates the cheapest tier. Errors name the file and what is wrong."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())  # Python's json reads Infinity
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read calibration artifact {path}: {e}") from e
+    try:
+        if isinstance(raw, dict) and "tiers" in raw:
+            return CascadeArtifact.model_validate(raw)
+        single = CascadeCalibration.model_validate(raw)
+    except ValidationError as e:
+        raise ValueError(f"invalid calibration artifact {path}: {e}") from e
+    return CascadeArtifact(tiers={tiers[0]: single}, population=single.calibration_split)

@@ -275,6 +275,37 @@ class TrialReport:
         return asdict(self)
 
 
+def _partition_trials(
+    mode: str,
+    scores: np.ndarray,
+    alpha: float,
+    w: np.ndarray | None,
+    sr: np.ndarray | None,
+    n_trials: int,
+    n_cal: int,
+    seed: int,
+    calibrator: Callable[..., ConformalResult] | None,
+) -> tuple[list[float], list[float], list[bool], list[float]]:
+    """`trials`' loop: per random partition (the first `n_cal` of a permutation calibrate), the
+    held-out value of the guaranteed quantity, the threshold, whether it was conservative and
+    the held-out escalation rate."""
+    n = len(scores)
+    calibrator = calibrator or calibrate
+    rng = np.random.default_rng(seed)
+    values, thresholds, conservative, esc_rates = [], [], [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # conservative trials are counted, not shouted
+        for _ in range(n_trials):
+            perm = rng.permutation(n)
+            cal, test = perm[:n_cal], perm[n_cal:]
+            r = calibrator(mode, scores[cal], alpha, wrong=_sub(w, cal), strong_right=_sub(sr, cal))
+            values.append(empirical(mode, scores[test], r.threshold, _sub(w, test), _sub(sr, test)))
+            thresholds.append(r.threshold)
+            conservative.append(r.conservative)
+            esc_rates.append(float((scores[test] > r.threshold).mean()))
+    return values, thresholds, conservative, esc_rates
+
+
 def trials(
     mode: str,
     scores: np.ndarray,
@@ -302,19 +333,8 @@ def trials(
         raise CalibrationError(f"calibration_fraction {calibration_fraction} leaves an empty part")
     w = None if wrong is None else np.asarray(wrong, dtype=bool)
     sr = None if strong_right is None else np.asarray(strong_right, dtype=bool)
-    calibrator = calibrator or calibrate
-    rng = np.random.default_rng(seed)
-    values, thresholds, conservative, esc_rates = [], [], [], []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # conservative trials are counted, not shouted
-        for _ in range(n_trials):
-            perm = rng.permutation(n)
-            cal, test = perm[:n_cal], perm[n_cal:]
-            r = calibrator(mode, scores[cal], alpha, wrong=_sub(w, cal), strong_right=_sub(sr, cal))
-            values.append(empirical(mode, scores[test], r.threshold, _sub(w, test), _sub(sr, test)))
-            thresholds.append(r.threshold)
-            conservative.append(r.conservative)
-            esc_rates.append(float((scores[test] > r.threshold).mean()))
+    draws = _partition_trials(mode, scores, alpha, w, sr, n_trials, n_cal, seed, calibrator)
+    values, thresholds, conservative, esc_rates = draws
     v = np.asarray(values)
     v = v[~np.isnan(v)]
     bound, direction = (1 - alpha, ">=") if mode == "recall" else (alpha, "<=")

@@ -1,4 +1,4 @@
-"""Token logprobs -> a `FeedbackSignal`: the features, the nonconformity score and the decision.
+"""Token logprobs -> a `TierSignal`: the features, the nonconformity score and the decision.
 
 A generation carries, per token, the chosen token's logprob and its top-k alternatives. From
 them this module computes a fixed, named set of features (`extract_features`), and `signal`
@@ -30,15 +30,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
+    from calibration.generation import Generation
     from calibration.scores import Scorer
-    from models.engine import Generation
 
 __all__ = [
     "DEFAULT_LOW_CONFIDENCE_LOGPROB",
     "FEATURE_NAMES",
     "NO_TOKENS_REASON",
     "FeedbackConfig",
-    "FeedbackSignal",
+    "TierSignal",
     "binary_entropy",
     "extract_features",
     "feature_matrix",
@@ -271,7 +271,7 @@ def feature_matrix(
 
 
 @dataclass(frozen=True, slots=True)
-class FeedbackSignal:
+class TierSignal:
     """What the cascade knows about one answer: features, score, threshold and the verdict.
 
     `escalate` is `score > threshold` (a tie accepts), or True for an empty generation.
@@ -325,7 +325,7 @@ def signal(
     config: FeedbackConfig | None = None,
     *,
     features: Mapping[str, float] | None = None,
-) -> FeedbackSignal:
+) -> TierSignal:
     """Score one generation and decide: escalate iff score > threshold.
 
     Pass `features` when already computed (then `generation` may be None). An empty
@@ -339,7 +339,7 @@ def signal(
         features = extract_features(generation, config)
     name = getattr(scorer, "name", type(scorer).__name__)
     if features["num_tokens"] == 0:
-        return FeedbackSignal(features, math.inf, threshold, True, (NO_TOKENS_REASON,), name)
+        return TierSignal(features, math.inf, threshold, True, (NO_TOKENS_REASON,), name)
     score = float(scorer.score(features))
     if math.isnan(score):
         score = math.inf
@@ -350,4 +350,4 @@ def signal(
         else f"{name} score {score:.4g} <= threshold {threshold:.4g}: accept"
     )
     reasons = (verdict, *_diagnostics(features, config)) if escalate else (verdict,)
-    return FeedbackSignal(features, score, threshold, escalate, reasons, name)
+    return TierSignal(features, score, threshold, escalate, reasons, name)

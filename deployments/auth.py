@@ -12,7 +12,7 @@ import hmac
 import os
 from pathlib import Path
 
-from deployments.app import AuthArgs
+from calibration.config import AuthArgs
 
 __all__ = ["TokenCheck", "load_tokens"]
 

@@ -18,7 +18,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 
-from deployments.app import AppArgs
+from calibration.config import AppArgs
 from deployments.auth import TokenCheck, load_tokens
 from deployments.errors import APIError, error_response, install_handlers
 from deployments.llm import TierRequest
@@ -27,7 +27,6 @@ from deployments.openai_format import (
     completion_logprobs,
     requested_k,
     sse_chunks,
-    task_type,
     usage,
 )
 from deployments.openapi_limits import with_limits
@@ -105,17 +104,10 @@ class Ingress:
         logger.info("ingress auth: %s", "bearer tokens" if app.state.auth.enabled else "off")
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """user_config may override `calibration` (file, threshold) and `router.threshold`."""
-        merged = self.base_args.model_dump()
-        for key in ("calibration", "router"):
-            merged[key] = {**merged[key], **(user_config.get(key) or {})}
-        unknown = set(user_config) - {"calibration", "router"}
-        if unknown:
-            raise ValueError(
-                f"user_config keys {sorted(unknown)} are not reconfigurable; "
-                "use calibration and router"
-            )
-        self.server.configure(AppArgs.model_validate(merged))
+        """`serve deploy` with a new user_config: thresholds (`calibration.threshold`,
+        `calibration.thresholds`, `calibration.file`) and `router.threshold`, applied without
+        a restart. A bad one raises (Serve keeps the old config serving and reports it)."""
+        self.server.configure(self.base_args.reconfigured(user_config))
 
     # --- routes ----------------------------------------------------------------------------
 
@@ -133,15 +125,20 @@ class Ingress:
 
     @app.get("/stats")
     async def stats(self) -> dict:
-        cal = self.server.calibration
+        tiers = self.server.calibration.tiers
+        per_tier = {
+            name: {
+                "mode": c.mode,
+                "alpha": c.alpha,
+                "threshold": c.threshold,
+                "scorer": c.scorer.name,
+            }
+            for name, c in tiers.items()
+        }
+        first = per_tier[self.server.policy.tier_names[0]]
         return {
             **self.server.stats.as_dict(),
-            "calibration": {
-                "mode": cal.mode,
-                "alpha": cal.alpha,
-                "threshold": cal.threshold,
-                "scorer": cal.scorer.name,
-            },
+            "calibration": {**first, "tiers": per_tier},
             "router_threshold": self.server.policy.router_threshold,
         }
 
@@ -174,7 +171,7 @@ class Ingress:
         request = self._tier_request(
             body, messages=messages, chars=sum(len(m["content"]) for m in messages)
         )
-        result = await self.server.serve(request, body.model, query, task_type(body))
+        result = await self.server.serve(request, body.model, query, body.effective_task_type)
         if body.stream:
             return self._stream(result, body, chat=True)
         gen = result.generation
@@ -195,7 +192,7 @@ class Ingress:
     async def completions(self, body: CompletionRequest):
         prompt: str = body.prompt  # type: ignore[assignment]  (validated to one string)
         request = self._tier_request(body, prompt=prompt, chars=len(prompt))
-        result = await self.server.serve(request, body.model, prompt, task_type(body))
+        result = await self.server.serve(request, body.model, prompt, body.effective_task_type)
         if body.stream:
             return self._stream(result, body, chat=False)
         gen = result.generation

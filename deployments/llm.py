@@ -90,7 +90,7 @@ class LLMTier:
         return "\n".join(m["content"] for m in request.messages) + "\n"
 
     def set_fault(self, fault: dict[str, Any] | None) -> None:
-        """Chaos testing (`deployments.app.FaultArgs`): None turns injection off. Also callable
+        """Chaos testing (`calibration.config.FaultArgs`): None turns injection off. Also callable
         on a running replica through its handle, so one deployment can be tested under several
         faults without a restart."""
         self.fault = fault or {}

@@ -1,5 +1,10 @@
 """Run the real Serve graph in-process on a local Ray instance (tests and benchmarks).
 
+    with running_app(AppArgs.from_serve_config("serve_config.yaml")) as (base_url, metrics):
+
+The args carry the file's `deployments:` list (`deployment_options`), so the graph started
+here is the one `serve run` would start.
+
 `serve.run` in-process (not a backgrounded `serve run`, which inherits an ignored SIGINT and
 cannot be stopped cleanly), Ray's token auth off, and Ray's files under a temp folder.
 """
@@ -11,14 +16,14 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
-import yaml
+
+from calibration.config import AppArgs
 
 REPO = Path(__file__).resolve().parents[1]
 
-__all__ = ["config_args", "free_port", "running_app"]
+__all__ = ["free_port", "running_app"]
 
 
 def free_port() -> int:
@@ -27,21 +32,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def config_args(path: Path = REPO / "serve_config.yaml") -> dict[str, Any]:
-    """The first application of a Serve config file as `build_app` args: its `args`, plus its
-    `deployments:` list (autoscaling, CPUs, user_config) as `deployment_options`, so the graph
-    started in-process is the one `serve run` would start."""
-    app = yaml.safe_load(Path(path).read_text())["applications"][0]
-    args = dict(app["args"])
-    options = {
-        d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments") or []
-    }
-    args["deployment_options"] = {**options, **args.get("deployment_options", {})}
-    return args
-
-
 @contextmanager
-def running_app(args: dict[str, Any], num_cpus: int = 2, wait_s: float = 240, quiet: bool = False):
+def running_app(args: AppArgs | dict, num_cpus: int = 2, wait_s: float = 240, quiet: bool = False):
     """Yield (base_url, metrics_url) of the graph built from `args`; shut everything down after.
 
     Ray's own files go where Ray puts them (/tmp/ray); pass RAY_TMPDIR to move them. `quiet`
@@ -52,6 +44,7 @@ def running_app(args: dict[str, Any], num_cpus: int = 2, wait_s: float = 240, qu
 
     from deployments.app import build_app
 
+    args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     port, metrics_port = free_port(), free_port()
     ray.init(

@@ -27,15 +27,8 @@ __all__ = [
     "completion_logprobs",
     "requested_k",
     "sse_chunks",
-    "task_type",
     "usage",
 ]
-
-
-def task_type(body) -> str | None:
-    extra = body.model_extra or {}
-    value = extra.get("task_type")
-    return value if isinstance(value, str) else None
 
 
 def requested_k(body) -> int:

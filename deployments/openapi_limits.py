@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from deployments.app import AppArgs
+from calibration.config import AppArgs
 from deployments.protocol import ErrorResponse
 
 __all__ = ["with_limits"]

@@ -66,6 +66,23 @@ class _SamplingFields(_Lenient):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    task_type: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The request's task type (the config's `task_floors` may name the lowest "
+        "tier allowed for it); also read from `metadata.task_type`. Unknown types have no floor.",
+    )
+    metadata: dict[str, str] | None = Field(
+        default=None, description="OpenAI-style string metadata; `task_type` is read from it."
+    )
+
+    @property
+    def effective_task_type(self) -> str | None:
+        """`task_type`, else `metadata.task_type`, else None."""
+        if self.task_type:
+            return self.task_type
+        value = (self.metadata or {}).get("task_type")
+        return value or None
 
     @field_validator("stop")
     @classmethod
@@ -172,6 +189,10 @@ class Routing(BaseModel):
     cost: float
     degraded: bool = False
     degraded_reason: str | None = None
+    task_type: str | None = Field(default=None, description="The task type the request gave.")
+    task_floor: str | None = Field(
+        default=None, description="The tier a task floor raised the start to, if one did."
+    )
     attempts: list[TierAttempt] = []
 
 

@@ -1,9 +1,9 @@
 """CascadeServer: one request in, the final answer and its `routing` out; no HTTP here.
 
-The ingress owns one. It calls the router and the tiers through Serve handles and asks
-`calibration` for every decision (start tier, accept or escalate), so serving decides exactly
-as the offline evaluation does. What this module adds is what only serving has: timeouts,
-failures, degraded answers, metrics and running totals.
+The ingress owns one. It drives `calibration.cascade.CascadeRun`, the same state machine the
+offline replay and evaluation drive, with real calls: the router and the tiers through Serve
+handles. The run decides (start tier, accept or escalate, what a failure means); this module
+adds what only serving has: timeouts, retries, metrics, running totals and the routing record.
 """
 
 from __future__ import annotations
@@ -15,17 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from calibration.artifact import CascadeCalibration, ModelIdentity
-from calibration.feedback import FeedbackSignal, extract_features
-from calibration.policy import (
-    CascadePolicyConfig,
-    CascadeStats,
-    TierConfig,
-    decide,
-    request_cost,
-    start_tier,
-)
-from deployments.app import AppArgs, CalibrationArgs
+from calibration.artifact import CascadeArtifact, ModelIdentity, load_artifact
+from calibration.cascade import CascadeOutcome, CascadeRun, CascadeStats, NoTierAnswered
+from calibration.config import AppArgs
+from calibration.feedback import extract_features
 from deployments.errors import APIError
 from deployments.llm import TierInputError, TierRequest
 from deployments.metrics import CascadeMetrics
@@ -44,13 +37,17 @@ class CascadeResult:
     routing: Routing
 
 
-def load_calibration(args: CalibrationArgs, cheap_model: str) -> CascadeCalibration:
-    """The artifact named by the config: 'zoo' (built with the zoo), a path, or None for the
-    seed's heuristic limits. A threshold override (user_config) replaces the file's."""
-    if args.file is None:
-        cal = CascadeCalibration.heuristic(ModelIdentity(name=cheap_model))
+def load_calibration(args: AppArgs) -> CascadeArtifact:
+    """The artifact the config names ('zoo': built with the zoo; a path; None: the seed's
+    heuristic limits at every tier below the top), with user_config's threshold overrides.
+    Refuses (ValueError) an artifact that leaves a tier below the top uncalibrated."""
+    cal, names = args.calibration, args.tier_names
+    if cal.file is None:
+        artifact = CascadeArtifact.heuristic(
+            {t.name: ModelIdentity(name=t.model) for t in args.tiers[:-1]}
+        )
     else:
-        path = args.file
+        path = cal.file
         if path == "zoo":
             from models.zoo import calibration_path
 
@@ -60,10 +57,10 @@ def load_calibration(args: CalibrationArgs, cheap_model: str) -> CascadeCalibrat
                 f"calibration file {path!r} not found; run `python -m calibration conformal "
                 f"--out {path}` or set calibration.file: null for the heuristic thresholds"
             )
-        cal = CascadeCalibration.load(path)
-    if args.threshold is not None:
-        cal = cal.model_copy(update={"threshold": args.threshold})
-    return cal
+        artifact = load_artifact(path, names)
+    artifact = artifact.with_thresholds(args.threshold_overrides())
+    artifact.check_covers(names)
+    return artifact
 
 
 class CascadeServer:
@@ -76,28 +73,16 @@ class CascadeServer:
         self.stats = CascadeStats(self.policy)
 
     def configure(self, args: AppArgs) -> None:
-        """(Re)build what a config change touches: policy, calibration. Stats are kept."""
-        self.args = args
-        self.policy = CascadePolicyConfig(
-            tiers=tuple(
-                TierConfig(
-                    name=t.name,
-                    cost_per_request=t.cost_per_request,
-                    cost_per_1k_output_tokens=t.cost_per_1k_output_tokens,
-                )
-                for t in args.tiers
-            ),
-            task_floors=args.task_floors,
-            router_threshold=args.router.threshold,
-        )
-        self.calibration = load_calibration(args.calibration, args.tiers[0].model)
+        """(Re)build what a config change touches: policy, calibration. Stats are kept.
+        Everything is built before anything is replaced, so a bad config changes nothing."""
+        policy, calibration = args.policy(), load_calibration(args)
+        self.args, self.policy, self.calibration = args, policy, calibration
         if hasattr(self, "stats"):
             self.stats.config = self.policy
         logger.info(
-            "cascade: tiers %s, calibration mode %s threshold %.4g",
+            "cascade: tiers %s, thresholds %s",
             self.policy.tier_names,
-            self.calibration.mode,
-            self.calibration.threshold,
+            {t: f"{c.mode} {c.threshold:.4g}" for t, c in self.calibration.tiers.items()},
         )
 
     # --- calls -------------------------------------------------------------------------
@@ -167,9 +152,17 @@ class CascadeServer:
         mode = "cascade" if model == "cascade" else "forced"
         try:
             if model == "cascade":
-                result = await self._cascade(request, query, task_type)
+                router = await self.route(query)
+                run = CascadeRun.begin(
+                    self.policy,
+                    router_policy=router.policy,
+                    router_confidence=router.confidence,
+                    task_type=task_type,
+                )
             else:
-                result = await self._forced(request, model)
+                router = RouterView(skipped_reason="tier forced by the request")
+                run = CascadeRun.forced(self.policy, self._known_tier(model))
+            result = await self._drive(run, request, router, task_type)
         except APIError as e:
             self.metrics.errors.inc(tags={"status": str(e.status)})
             raise
@@ -177,138 +170,7 @@ class CascadeServer:
         self.metrics.latency.observe(time.perf_counter() - started, tags={"mode": mode})
         return result
 
-    async def _attempt(
-        self, tier: int, request: TierRequest, attempts: list[TierAttempt]
-    ) -> Generation | Exception:
-        """One tier call; failures come back as the exception (recorded), bad input raises."""
-        name = self.policy.tiers[tier].name
-        t0 = time.perf_counter()
-        try:
-            gen = await self.call_tier(tier, request)
-        except TierInputError as e:
-            raise APIError(400, str(e), param="messages", code="prompt_too_long") from e
-        except Exception as e:
-            latency = time.perf_counter() - t0
-            logger.warning("tier %s failed: %r", name, e)
-            self.metrics.tier_calls.inc(tags={"tier": name, "outcome": "failed"})
-            cost = self.args.tiers[tier].failed_call_cost
-            if cost:
-                self.metrics.cost.inc(cost, tags={"tier": name})
-            attempts.append(
-                TierAttempt(
-                    tier=name,
-                    outcome="failed",
-                    reasons=[_describe(e)],
-                    latency_s=latency,
-                    cost=cost,
-                )
-            )
-            return e
-        latency = time.perf_counter() - t0
-        self.metrics.tier_latency.observe(latency, tags={"tier": name})
-        self.metrics.tier_calls.inc(tags={"tier": name, "outcome": "ok"})
-        cost = request_cost(self.policy.tiers[tier], gen.completion_tokens)
-        self.metrics.cost.inc(cost, tags={"tier": name})
-        attempts.append(TierAttempt(tier=name, outcome="final", latency_s=latency, cost=cost))
-        return gen
-
-    def _signal(self, tier: int, gen: Generation) -> FeedbackSignal | None:
-        """The calibrated signal below the top tier; the top tier has nothing to escalate to."""
-        if tier == self.policy.top:
-            return None
-        return self.calibration.signal(gen)
-
-    async def _cascade(self, request: TierRequest, query: str, task_type: str | None):
-        router = await self.route(query)
-        tier = start_tier(
-            self.policy,
-            router_policy=router.policy,
-            router_confidence=router.confidence,
-            task_type=task_type,
-        )
-        attempts: list[TierAttempt] = []
-        visited: list[int] = []
-        tokens: list[int] = []
-        causes: list[str] = []
-        reasons: list[str] = []
-        if tier > 0:
-            reasons.append(
-                f"started at {self.policy.tiers[tier].name}: router said {router.policy} "
-                f"with confidence {router.confidence:.2f}"
-                if router.confidence is not None
-                else f"started at {self.policy.tiers[tier].name}: task floor for {task_type!r}"
-            )
-        best: tuple[int, Generation, FeedbackSignal | None] | None = None
-        last_signal: FeedbackSignal | None = None  # the last calibrated decision, for routing
-        degraded: str | None = None
-        while True:
-            out = await self._attempt(tier, request, attempts)
-            name = self.policy.tiers[tier].name
-            if isinstance(out, Exception):
-                degraded = f"tier {name!r} failed ({_describe(out)})"
-                self.metrics.degraded.inc(tags={"reason": f"{name}_failed"})
-                if tier < self.policy.top:
-                    reasons.append(f"{degraded}; trying the next tier")
-                    tier += 1
-                    continue
-                if best is None:
-                    raise APIError(
-                        503,
-                        f"no tier could answer: {'; '.join(_failures(attempts))}",
-                        code="tiers_unavailable",
-                    )
-                reasons.append(f"{degraded}; answering from {self.policy.tiers[best[0]].name}")
-                break
-            gen = out
-            visited.append(tier)
-            tokens.append(gen.completion_tokens)
-            sig = self._signal(tier, gen)
-            features = (
-                dict(sig.features) if sig else extract_features(gen, self.calibration.feedback)
-            )
-            attempt = attempts[-1]
-            attempt.features = features
-            if sig is None:
-                best = (tier, gen, None)
-                reasons.append(f"{name} is the top tier: accepted")
-                break
-            d = decide(self.policy, tier, sig)
-            last_signal = sig
-            attempt.score, attempt.threshold = sig.score, sig.threshold
-            attempt.reasons = list(d.reasons)
-            best = (tier, gen, sig)
-            if not d.escalate:
-                attempt.outcome = "accepted"
-                reasons.extend(d.reasons)
-                break
-            attempt.outcome = "escalated"
-            causes.append(d.cause)
-            self.metrics.escalations.inc(tags={"tier": name, "reason": d.cause})
-            reasons.extend(d.reasons)
-            tier = d.next_tier
-        final_tier, gen, _ = best
-        sig = last_signal
-        self.stats.record(visited, tokens, causes)
-        routing = Routing(
-            tiers_visited=[self.policy.tiers[t].name for t in visited],
-            final_tier=self.policy.tiers[final_tier].name,
-            escalated=len(visited) > 1,
-            forced=False,
-            reasons=reasons,
-            router=router,
-            # features, score and threshold of the last calibrated decision (per tier: attempts)
-            features=dict(sig.features) if sig else attempts[-1].features,
-            score=sig.score if sig else None,
-            threshold=sig.threshold if sig else None,
-            conformal_mode=self.calibration.mode,
-            cost=sum(a.cost for a in attempts),
-            degraded=degraded is not None,
-            degraded_reason=degraded,
-            attempts=attempts,
-        )
-        return CascadeResult(gen, routing.final_tier, routing)
-
-    async def _forced(self, request: TierRequest, model: str) -> CascadeResult:
+    def _known_tier(self, model: str) -> str:
         if model not in self.tiers:
             raise APIError(
                 400,
@@ -316,32 +178,127 @@ class CascadeServer:
                 param="model",
                 code="model_not_found",
             )
-        tier = self.policy.index(model)
-        attempts: list[TierAttempt] = []
-        out = await self._attempt(tier, request, attempts)
-        if isinstance(out, Exception):
-            raise APIError(
-                503, f"tier {model!r} could not answer: {_describe(out)}", code="tier_unavailable"
+        return model
+
+    async def _drive(
+        self, run: CascadeRun, request: TierRequest, router: RouterView, task_type: str | None
+    ) -> CascadeResult:
+        """Call each tier `run` names until it is done; it decides, this does the I/O."""
+        answers: dict[int, Generation] = {}
+        latencies: list[float] = []
+        while run.next_tier is not None:
+            tier = run.next_tier
+            name = self.policy.tiers[tier].name
+            t0 = time.perf_counter()
+            out = await self._call(tier, request)
+            latencies.append(time.perf_counter() - t0)
+            if isinstance(out, Exception):
+                self._failed(run, tier, out)
+                continue
+            answers[tier] = out
+            self.metrics.tier_latency.observe(latencies[-1], tags={"tier": name})
+            self.metrics.tier_calls.inc(tags={"tier": name, "outcome": "ok"})
+            # the signal below the top: for the decision, and for a forced tier's record
+            sig = self.calibration.signal(name, out) if tier < self.policy.top else None
+            d = run.observe(sig, out.completion_tokens)
+            self.metrics.cost.inc(run.calls[-1].cost, tags={"tier": name})
+            if d.escalate:
+                self.metrics.escalations.inc(tags={"tier": name, "reason": d.cause})
+        outcome = run.outcome()
+        self.stats.record_outcome(outcome)
+        routing = self._routing(outcome, answers, latencies, router, task_type)
+        return CascadeResult(answers[outcome.final_tier], routing.final_tier, routing)
+
+    def _failed(self, run: CascadeRun, tier: int, error: Exception) -> None:
+        """A failed call: the run climbs, ends degraded, or (no answer at all) a 503."""
+        name = self.policy.tiers[tier].name
+        logger.warning("tier %s failed: %r", name, error)
+        self.metrics.tier_calls.inc(tags={"tier": name, "outcome": "failed"})
+        cost = self.args.tiers[tier].failed_call_cost
+        if cost:
+            self.metrics.cost.inc(cost, tags={"tier": name})
+        self.metrics.degraded.inc(tags={"reason": f"{name}_failed"})
+        try:
+            run.fail(_describe(error), cost)
+        except NoTierAnswered as e:
+            if run.forced:
+                raise APIError(
+                    503,
+                    f"tier {name!r} could not answer: {_describe(error)}",
+                    code="tier_unavailable",
+                ) from e
+            raise APIError(503, str(e), code="tiers_unavailable") from e
+
+    async def _call(self, tier: int, request: TierRequest) -> Generation | Exception:
+        """One tier's answer, or the exception it failed with; a refused input is a 400."""
+        try:
+            return await self.call_tier(tier, request)
+        except TierInputError as e:
+            raise APIError(400, str(e), param="messages", code="prompt_too_long") from e
+        except Exception as e:
+            return e
+
+    def _routing(
+        self,
+        outcome: CascadeOutcome,
+        answers: dict[int, Generation],
+        latencies: list[float],
+        router: RouterView,
+        task_type: str | None,
+    ) -> Routing:
+        """The response's `routing` record, read off the outcome."""
+        names = self.policy.tier_names
+        feedback = self.calibration.tiers.get(names[0])
+        attempts = []
+        for call, latency in zip(outcome.calls, latencies, strict=True):
+            sig = call.signal
+            if sig is not None:
+                features = dict(sig.features)
+            elif call.tier in answers:
+                features = extract_features(answers[call.tier], feedback and feedback.feedback)
+            else:
+                features = {}
+            attempts.append(
+                TierAttempt(
+                    tier=names[call.tier],
+                    outcome=call.outcome,
+                    score=sig.score if sig and not outcome.forced else None,
+                    threshold=sig.threshold if sig and not outcome.forced else None,
+                    reasons=list(call.reasons),
+                    features=features,
+                    latency_s=latency,
+                    cost=call.cost,
+                )
             )
-        sig = self._signal(tier, out)
-        features = dict(sig.features) if sig else extract_features(out, self.calibration.feedback)
-        attempts[-1].features = features
-        self.stats.record([tier], [out.completion_tokens], [])
-        routing = Routing(
-            tiers_visited=[model],
-            final_tier=model,
-            escalated=False,
-            forced=True,
-            reasons=[f"model {model!r} requested: the cascade was skipped"],
-            router=RouterView(skipped_reason="tier forced by the request"),
-            features=features,
+        sig = outcome.signal
+        final = names[outcome.final_tier]
+        return Routing(
+            tiers_visited=[names[t] for t in outcome.visited],
+            final_tier=final,
+            escalated=outcome.escalated,
+            forced=outcome.forced,
+            reasons=list(outcome.reasons),
+            router=router,
+            # features, score and threshold of the last calibrated decision (per tier: attempts)
+            features=dict(sig.features) if sig else attempts[-1].features,
             score=sig.score if sig else None,
             threshold=sig.threshold if sig else None,
-            conformal_mode=self.calibration.mode,
-            cost=attempts[-1].cost,
+            conformal_mode=self._mode(outcome),
+            cost=outcome.cost,
+            degraded=outcome.degraded is not None,
+            degraded_reason=outcome.degraded,
+            task_type=task_type,
+            task_floor=outcome.task_floor,
             attempts=attempts,
         )
-        return CascadeResult(out, model, routing)
+
+    def _mode(self, outcome: CascadeOutcome) -> str | None:
+        """The conformal mode of the tier whose signal decided last (the cheapest tier's when
+        none did, as before)."""
+        calls = [c for c in outcome.calls if c.signal is not None]
+        tier = self.policy.tier_names[calls[-1].tier if calls else 0]
+        cal = self.calibration.tiers.get(tier)
+        return cal.mode if cal else None
 
 
 def retryable(e: BaseException) -> bool:
@@ -359,7 +316,3 @@ def _describe(e: BaseException) -> str:
         e = cause
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[-1]}" if text else type(e).__name__
-
-
-def _failures(attempts: list[TierAttempt]) -> list[str]:
-    return [f"{a.tier}: {'; '.join(a.reasons)}" for a in attempts if a.outcome == "failed"]

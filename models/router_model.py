@@ -4,7 +4,7 @@ The router (a `*ForSequenceClassification` checkpoint, e.g. the zoo's Gemma) rea
 and says `standard` (the cheap tier will do) or `complex`. The `ConfidenceHead` is a 2-layer MLP
 on the hidden state the router's classifier reads (the last non-pad token, after the final norm)
 and predicts P(the router's policy is the right one). It is trained offline by
-`calibration.head_training` and saved beside the router's files:
+`offline.head.training` and saved beside the router's files:
 
     router/confidence_head.safetensors   # weights + input standardisation
     router/confidence_head.json          # ConfidenceHeadConfig + provenance

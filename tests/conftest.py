@@ -37,8 +37,9 @@ def pytest_unconfigure(config) -> None:
 
 @pytest.fixture(scope="session")
 def zoo() -> Path:
-    """The built zoo folder (cheap/, strong/, router/)."""
-    from models.zoo import ensure_zoo
+    """The built default zoo folder (cheap/, mid/, strong/, router/ and the derived artifacts),
+    built here (only what is missing) when `make zoo` has not run."""
+    from offline.zoo_cli import ensure_zoo
 
     return ensure_zoo()
 
@@ -51,9 +52,9 @@ def hf_cheap(zoo):
 
 
 # A zoo small enough to build in seconds: for tests of code that needs real checkpoints of the
-# zoo's shape, not its accuracy. `ensure_zoo(folder, TINY_ZOO)` builds it (no derived artifacts).
+# zoo's shape, not its accuracy. `ensure_models(folder, spec)` builds it (no derived artifacts).
 def _tiny_zoo_spec():
-    from models.zoo import LMSpec, RouterSpec, ZooSpec
+    from models.zoo_build import LMSpec, RouterSpec, ZooSpec
 
     return ZooSpec(
         seed=3,
@@ -62,6 +63,7 @@ def _tiny_zoo_spec():
         router=RouterSpec(
             hidden=32, layers=1, heads=1, intermediate=64, label_queries=64, epochs=1
         ),
+        mid=LMSpec(hidden=64, layers=1, heads=2, intermediate=32, steps=30, batch=16, lr=3e-3),
     )
 
 
@@ -72,10 +74,13 @@ def tiny_zoo_spec():
 
 @pytest.fixture(scope="module")
 def tiny_zoo(tmp_path_factory, tiny_zoo_spec):
-    """A tiny zoo per test module (modules may copy or extend it)."""
-    from models.zoo import ensure_zoo
+    """A tiny zoo per test module (modules may copy or extend it); models only, so tests of
+    `models/` need nothing from `offline/`."""
+    from models.zoo_build import ensure_models
 
-    return ensure_zoo(tmp_path_factory.mktemp("zoo"), tiny_zoo_spec)
+    root = tmp_path_factory.mktemp("zoo")
+    ensure_models(root, tiny_zoo_spec)
+    return root
 
 
 @pytest.fixture(scope="module")

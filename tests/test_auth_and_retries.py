@@ -7,7 +7,7 @@ import ray.exceptions
 from pydantic import ValidationError
 from ray.serve.exceptions import BackPressureError
 
-from deployments.app import AppArgs, AuthArgs, TierArgs
+from calibration.config import AppArgs, AuthArgs, TierArgs
 from deployments.auth import TokenCheck, load_tokens
 from deployments.serving import retryable
 

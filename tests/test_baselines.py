@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from calibration.baselines import (
+from offline.head.baselines import (
     METHODS,
     ConfidenceMethod,
     HeadMethod,
@@ -17,8 +17,8 @@ from calibration.baselines import (
     fit_methods,
     get_method,
 )
-from calibration.head_training import RLConfig, SFTConfig
-from calibration.labels import LabelRecord, LabelSet
+from offline.head.labels import LabelRecord, LabelSet
+from offline.head.training import RLConfig, SFTConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -123,7 +123,7 @@ def test_head_methods_share_sft_and_reuse_the_cache(splits, tmp_path):
 def test_head_beats_the_overconfident_router(splits):
     train, val, test = splits
     y = test.correct.numpy()
-    from calibration.metrics import ece
+    from offline.head.metrics import ece
 
     sft = get_method("sft", sft=SFTConfig(max_epochs=60)).fit(train, val)
     assert ece(sft.confidence(test), y) < ece(MaxProbability().confidence(test), y)
@@ -133,7 +133,7 @@ def test_head_beats_the_overconfident_router(splits):
 def test_end_to_end_final_numbers_on_the_default_zoo(zoo, tmp_path):
     """The issue's bar on the built default zoo (fixture `zoo`): the best method's ECE-15 and
     Brier on a fresh test sample. Smaller samples than the CLI's report to stay under 60 s."""
-    from calibration.head_report import HeadData, report
+    from offline.head.report import HeadData, report
 
     result = report(
         zoo, "test", seed=11, n=3000, data=HeadData(2000, 1000), out=tmp_path, progress=False

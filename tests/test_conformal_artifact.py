@@ -10,9 +10,9 @@ import pytest
 
 from calibration.artifact import CascadeCalibration, ModelIdentity
 from calibration.conformal import calibrate
-from calibration.evaluate import fit_quality_estimator
+from offline.evaluate import fit_quality_estimator
 from calibration.scores import ScorerSpec
-from calibration.synthetic import random_generation, synthetic_split
+from offline.synthetic import random_generation, synthetic_split
 
 MODEL = ModelIdentity(name="zoo:cheap", path="/tmp/zoo/cheap", fingerprint="abc123")
 

@@ -1,4 +1,4 @@
-"""calibration.evaluate / curves / replay / the CLI, on synthetic splits (no model needed)."""
+"""offline.evaluate / curves / replay / the CLI, on synthetic splits (no model needed)."""
 
 from __future__ import annotations
 
@@ -9,30 +9,32 @@ import struct
 import numpy as np
 import pytest
 
-import calibration.commands.conformal as conformal_cmd
-import calibration.commands.evaluate as evaluate_cmd
-import calibration.replay as replay_mod
+import offline.cli.conformal as conformal_cmd
+import offline.cli.evaluate as evaluate_cmd
+import offline.replay as replay_mod
 from calibration.__main__ import main
 from calibration.conformal import calibrate
-from calibration.curves import apgr, close_curve, cpt, optimal_curve, pgr
-from calibration.evaluate import (
+from offline.curves import apgr, close_curve, cpt, optimal_curve, pgr
+from offline.evaluate import (
     EvalSettings,
     OperatingPoint,
-    _summary,
     evaluate,
     fit_quality_estimator,
     replay,
     router_conformal_thresholds,
     router_start,
 )
-from calibration.policy import (
-    SERVE_CONFIG,
-    CascadePolicyConfig,
-    TierConfig,
-    policy_from_serve_config,
+from calibration.policy import CascadePolicyConfig, TierConfig
+from offline.replay import (
+    RouterRows,
+    _from_json,
+    _to_json,
+    model_fingerprint,
+    param_count,
+    zoo_tiers,
 )
-from calibration.replay import _from_json, _to_json, model_fingerprint, param_count, zoo_tiers
-from calibration.synthetic import random_generation, synthetic_split
+from offline.summary import summary
+from offline.synthetic import random_generation, synthetic_split
 
 POLICY = CascadePolicyConfig(
     tiers=[
@@ -146,7 +148,7 @@ def test_report_has_every_strategy_family(report):
         assert 0 <= p["accuracy"] <= 1 and 0 <= p["escalation_rate"] <= 1
 
 
-def test_report_end_points_and_summary(report):
+def test_report_end_points_andsummary(report):
     by = {p["name"]: p for p in report["strategies"]}
     s = report["summary"]
     assert by["always_cheap"]["cost"] == pytest.approx(0.125)
@@ -184,9 +186,15 @@ def test_conformal_points_keep_their_guarantee_on_test(report):
 
 def test_router_start_is_servings_rule():
     p = np.array([0.1, 0.49, 0.5, 0.65, 0.7, 0.95])
-    assert router_start(POLICY, p, 0.7).tolist() == [0, 0, 0, 0, 1, 1]
-    assert router_start(POLICY, p, 0.5).tolist() == [0, 0, 0, 1, 1, 1]  # argmax: 0.5 is a tie
-    assert router_start(POLICY, p).tolist() == [0, 0, 0, 1, 1, 1]  # the policy's threshold 0.5
+    rows = RouterRows(
+        ["complex" if x > 0.5 else "standard" for x in p], p, np.maximum(p, 1 - p), "test"
+    )
+    assert router_start(POLICY, rows, 0.7).tolist() == [0, 0, 0, 0, 1, 1]
+    assert router_start(POLICY, rows, 0.5).tolist() == [0, 0, 0, 1, 1, 1]  # argmax: 0.5 is a tie
+    assert router_start(POLICY, rows).tolist() == [0, 0, 0, 1, 1, 1]  # the policy's 0.5
+    # the confidence serving uses (a head's) decides, not the probability
+    head = RouterRows(rows.policy, p, np.full(6, 0.69), "confidence_head")
+    assert router_start(POLICY, head, 0.7).tolist() == [0] * 6
 
 
 @pytest.mark.parametrize("mode", ["budget", "recall", "risk"])
@@ -195,7 +203,7 @@ def test_conformal_router_calibrates_on_cheap_started_requests_only(splits, mode
     qe = fit_quality_estimator(splits["fit"])
     scores = qe.score_many(cal.features["cheap"], cal.feature_names)
     tau, alpha = 0.6, 0.2
-    cheap = router_start(POLICY, cal.router_p, tau) == 0
+    cheap = router_start(POLICY, cal.router, tau) == 0
     assert 0.2 < cheap.mean() < 0.9  # the router takes a real share of the hard requests
     res = router_conformal_thresholds(qe, cal, POLICY, (tau,), (alpha,), (mode,))[
         (tau, mode, alpha)
@@ -254,7 +262,7 @@ def _toy_points(*extra):
 def test_criteria_use_the_router_variants_and_compare_like_with_like(splits):
     test = splits["test"]
     # without router variants: 90% of the gap (0.96) is out of reach at half the cost
-    s = _summary(_toy_points(), test, POLICY)
+    s = summary(_toy_points(), test, POLICY)
     assert s["best_conformal"]["name"] == "conformal:risk@0.2"
     assert not s["criteria"]["recovers_90pct_gap_at_half_cost"]
     assert not s["criteria"]["beats_heuristic_at_equal_cost"]
@@ -279,7 +287,7 @@ def test_criteria_use_the_router_variants_and_compare_like_with_like(splits):
             router_threshold=0.7,
         ),
     ]
-    s = _summary(_toy_points(*routed), test, POLICY)
+    s = summary(_toy_points(*routed), test, POLICY)
     assert s["best_conformal"]["name"] == "conformal:risk+router@router=0.7,alpha=0.05"
     assert s["best_conformal"]["pgr"] == pytest.approx(0.925)
     assert s["criteria"]["recovers_90pct_gap_at_half_cost"]
@@ -297,51 +305,6 @@ def test_criteria_use_the_router_variants_and_compare_like_with_like(splits):
 
 
 # --- the cost model: what serving charges ------------------------------------------------------
-
-
-def test_policy_from_the_repos_serve_config():
-    policy = policy_from_serve_config()
-    assert SERVE_CONFIG.name == "serve_config.yaml" and SERVE_CONFIG.is_file()
-    assert policy.tier_names == ["cheap", "strong"]
-    assert [t.cost_per_request for t in policy.tiers] == [0.05, 0.75]
-    assert policy.router_threshold == 0.7
-
-
-SERVE_YAML = """
-applications:
-  - name: other
-    args: {tiers: [{name: a, model: x}, {name: b, model: y}]}
-  - name: cascade
-    import_path: deployments.app:build_app
-    args:
-      tiers:
-        - {name: small, model: zoo:cheap, cost_per_request: 0.2, cost_per_1k_output_tokens: 1.0}
-        - {name: big, model: zoo:strong, cost_per_request: 2.0}
-      task_floors: {code: big}
-      router: {model: zoo:router, threshold: 0.6}
-    deployments:
-      - name: Ingress
-        user_config: {router: {threshold: 0.8}}
-"""
-
-
-def test_policy_from_a_serve_config_yaml(tmp_path):
-    path = tmp_path / "serve.yaml"
-    path.write_text(SERVE_YAML)
-    policy = policy_from_serve_config(path, application="cascade")
-    assert policy.tier_names == ["small", "big"]
-    assert policy.tiers[0] == TierConfig(
-        name="small", cost_per_request=0.2, cost_per_1k_output_tokens=1.0
-    )
-    assert policy.tiers[1].cost_per_request == 2.0
-    assert policy.task_floors == {"code": "big"}
-    assert policy.router_threshold == 0.8  # the Ingress user_config wins, as in serving
-    assert policy_from_serve_config(path).tier_names == ["a", "b"]  # application 0
-    with pytest.raises(ValueError, match="no application named"):
-        policy_from_serve_config(path, application="nope")
-    (tmp_path / "empty.yaml").write_text("applications: []\n")
-    with pytest.raises(ValueError, match="no application #0"):
-        policy_from_serve_config(tmp_path / "empty.yaml")
 
 
 def test_evaluation_costs_are_normalised_to_always_strong(splits):
@@ -474,9 +437,9 @@ def test_cli_evaluate_policy_yaml_and_param_costs(synthetic_cli, capsys):
     tmp, _ = synthetic_cli
     path = tmp / "serve.yaml"
     path.write_text(
-        "applications:\n  - args:\n      tiers:\n"
-        "        - {name: cheap, cost_per_request: 0.2}\n"
-        "        - {name: strong, cost_per_request: 2.0}\n"
+        "applications:\n  - name: cascade\n    args:\n      tiers:\n"
+        "        - {name: cheap, model: zoo:cheap, cost_per_request: 0.2}\n"
+        "        - {name: strong, model: zoo:strong, cost_per_request: 2.0}\n"
     )
     assert main(["evaluate", "--split", "test", "--policy", str(path), *SMALL]) == 0
     s = json.loads(capsys.readouterr().out)["summary"]

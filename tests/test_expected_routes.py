@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from calibration.artifact import CascadeCalibration
-from calibration.expected_routes import compare, expected_routes
+from offline.expected_routes import compare, expected_routes
 from calibration.policy import policy_from_serve_config, start_tier
 from models.tasks import sample
 from models.zoo import calibration_path

@@ -20,7 +20,7 @@ from calibration.feedback import (
     token_entropy,
 )
 from calibration.scores import get_scorer
-from calibration.synthetic import make_generation, random_generation
+from offline.synthetic import make_generation, random_generation
 from models.engine import Generation
 
 LN = math.log

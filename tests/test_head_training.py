@@ -5,22 +5,21 @@ import copy
 import pytest
 import torch
 
-import calibration.head_training as ht
-from calibration.head_training import (
+import offline.head.fitting as hf
+from models.router_model import ConfidenceHead, ConfidenceHeadConfig, RouterWithHead
+from models.zoo import ensure_zoo
+from offline.head.fitting import fit_head, train_default_head
+from offline.head.labels import LabelRecord, LabelSet
+from offline.head.metrics import ece
+from offline.head.training import (
     REWARDS,
     RLConfig,
     SFTConfig,
     calibration_loss,
-    fit_head,
     ranking_loss,
-    train_default_head,
     train_rl,
     train_sft,
 )
-from calibration.labels import LabelRecord, LabelSet
-from calibration.metrics import ece
-from models.router_model import ConfidenceHead, ConfidenceHeadConfig, RouterWithHead
-from models.zoo import ensure_zoo
 
 DIM = 16
 
@@ -188,7 +187,7 @@ def test_bad_inputs_raise_clear_errors(sft_head, data):
 
 def test_train_default_head_saves_a_head_the_router_serves(tmp_path, monkeypatch, tiny_zoo_spec):
     root = ensure_zoo(tmp_path / "zoo", tiny_zoo_spec)
-    monkeypatch.setattr(ht, "DEFAULT_LABELS", {"calibration": 300, "validation": 150})
+    monkeypatch.setattr(hf, "DEFAULT_LABELS", {"calibration": 300, "validation": 150})
     summary = train_default_head(root, seed=0)
     assert summary["method"] == "sft_rl_log" and summary["seconds"] > 0
     assert summary["labels"]["calibration"]["n"] == 300

@@ -1,12 +1,14 @@
-"""calibration.labels on a tiny zoo: records, cached tensors, cache keys, bad inputs."""
+"""offline.head.labels on a tiny zoo: records, cached tensors, cache keys, bad inputs."""
 
 import json
 
 import pytest
 import torch
 
-import calibration.labels as labels_mod
-from calibration.labels import (
+import offline.head.labels as labels_mod
+from models.oracle import ORACLE_MATRIX, Policy, true_policy
+from models.router_model import RouterWithHead
+from offline.head.labels import (
     LabelRecord,
     LabelSet,
     build_labels,
@@ -15,8 +17,6 @@ from calibration.labels import (
     load_oracle_matrix,
     save_labels,
 )
-from models.oracle import ORACLE_MATRIX, Policy, true_policy
-from models.router_model import RouterWithHead
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

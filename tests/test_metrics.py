@@ -1,4 +1,4 @@
-"""calibration.metrics against the reference libraries (torchmetrics, scikit-learn)."""
+"""offline.head.metrics against the reference libraries (torchmetrics, scikit-learn)."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, roc_auc_score
 from torchmetrics.classification import BinaryCalibrationError
 
-from calibration.metrics import (
+from offline.head.metrics import (
     auroc,
     bootstrap_interval,
     brier,

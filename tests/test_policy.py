@@ -7,14 +7,13 @@ import threading
 import pytest
 from pydantic import ValidationError
 
-from calibration.feedback import FeedbackSignal
+from calibration.feedback import TierSignal
+from calibration.cascade import CascadeStats, run_cascade
 from calibration.policy import (
     CascadePolicyConfig,
-    CascadeStats,
     TierConfig,
     decide,
     request_cost,
-    run_cascade,
     start_tier,
 )
 
@@ -28,8 +27,8 @@ def ladder(n: int = 3, **kwargs) -> CascadePolicyConfig:
     return CascadePolicyConfig(tiers=tiers, **kwargs)
 
 
-def sig(escalate: bool, score: float = 0.5, threshold: float = 0.5) -> FeedbackSignal:
-    return FeedbackSignal({"num_tokens": 3}, score, threshold, escalate, ("why",), "s")
+def sig(escalate: bool, score: float = 0.5, threshold: float = 0.5) -> TierSignal:
+    return TierSignal({"num_tokens": 3}, score, threshold, escalate, ("why",), "s")
 
 
 # --- start tier ------------------------------------------------------------------------------
@@ -69,7 +68,7 @@ def test_decide_escalates_one_tier_at_a_time():
 
 def test_decide_accepts_when_signal_accepts_including_ties():
     cfg = ladder(2)
-    tie = FeedbackSignal({"num_tokens": 1}, 0.5, 0.5, 0.5 > 0.5, ("tie",), "s")
+    tie = TierSignal({"num_tokens": 1}, 0.5, 0.5, 0.5 > 0.5, ("tie",), "s")
     d = decide(cfg, 0, tie)
     assert d.action == "accept" and d.next_tier is None and d.cause == "accepted"
 

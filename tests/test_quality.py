@@ -22,7 +22,7 @@ from calibration.scores import (
     get_scorer,
 )
 from calibration.seed_router import ExecutionFeedbackRouter
-from calibration.synthetic import synthetic_split
+from offline.synthetic import synthetic_split
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ import pytest
 from openai import BadRequestError, OpenAI
 
 from benchmarks.bench_agreement import offline, serve_all
-from calibration.expected_routes import compare
-from deployments.local import config_args, running_app
+from offline.expected_routes import compare
+from calibration.config import AppArgs
+from deployments.local import running_app
 from models.tasks import judge, sample
 
 pytestmark = pytest.mark.slow
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def service(zoo):
-    with running_app(config_args()) as urls:
+    with running_app(AppArgs.from_serve_config()) as urls:
         yield urls
 
 
@@ -158,9 +159,9 @@ def test_prometheus_exports_the_cascade_metrics(client, service):
 def test_serving_decides_as_the_offline_evaluation(service):
     """The same test prompts through HTTP and through the offline replay take the same routes."""
     base, _ = service
-    tasks = sample("test", 60, seed=3)
+    tasks, expected = offline(AppArgs.from_serve_config(), 60, "test", 3)
     served = asyncio.run(serve_all(base, tasks))
-    result = compare(offline(tasks, "test", 3), served, tasks)
-    assert result["same_route"] >= 0.95, result["disagreements"]
+    result = compare(expected, served, tasks)
+    assert result["same_route"] == 1.0, result["disagreements"]
     assert abs(result["served"]["accuracy"] - result["offline"]["accuracy"]) <= 0.05, result
     assert abs(result["served"]["cost"] - result["offline"]["cost"]) <= 0.05, result

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from calibration.replay import EvalSplit
 from models.engine import Generation
 from models.tasks import Judgement, Task
+from offline.replay import EvalSplit, RouterRows
 
 __all__ = ["make_generation", "random_generation", "synthetic_split"]
 
@@ -74,5 +74,10 @@ def synthetic_split(
         tiers=list(tiers),
         answers=answers,
         judgements=judgements,
-        router_p=router_p,
+        router=RouterRows(
+            policy=["complex" if x > 0.5 else "standard" for x in router_p],
+            p_complex=router_p,
+            confidence=np.maximum(router_p, 1.0 - router_p),
+            source="max_probability",
+        ),
     )

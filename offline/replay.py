@@ -150,19 +150,52 @@ def cached_answers(
     return gens
 
 
-def cached_router_probs(router_dir: str | Path, tasks: list[Task], split: str, seed: int):
-    """The router's P(complex) per task, cached like the answers."""
-    router_dir = Path(router_dir)
-    path = _cache_path("router", router_dir, split, seed, len(tasks))
-    if path.is_file():
-        probs = json.loads(path.read_text())
-        if len(probs) == len(tasks):
-            return np.asarray(probs)
-    from models.zoo import route_probabilities
+@dataclass(frozen=True)
+class RouterRows:
+    """The served router's verdict per request: label, P(complex), and the confidence serving
+    uses (the confidence head's, else the max probability; `source` says which)."""
 
-    probs = route_probabilities(router_dir, [t.prompt for t in tasks])
-    _write_atomic(path, probs)
-    return np.asarray(probs)
+    policy: list[str]
+    p_complex: np.ndarray
+    confidence: np.ndarray
+    source: str
+
+
+def cached_router_outputs(
+    router_dir: str | Path, tasks: list[Task], split: str, seed: int
+) -> RouterRows:
+    """`models.router_model.RouterWithHead` on every task prompt (the only router inference,
+    the one the Router deployment runs), cached like the answers. The key hashes the router
+    folder, the confidence head inside it included, so a retrained head is never replayed."""
+    router_dir = Path(router_dir)
+    path = _cache_path("router-head", router_dir, split, seed, len(tasks))
+    if path.is_file():
+        d = json.loads(path.read_text())
+        if len(d["policy"]) == len(tasks):
+            return RouterRows(
+                d["policy"], np.asarray(d["p_complex"]), np.asarray(d["confidence"]), d["source"]
+            )
+    from models.oracle import Policy
+    from models.router_model import RouterWithHead
+
+    out = RouterWithHead(router_dir)([t.prompt for t in tasks])
+    complex_id = out.labels.index(Policy.complex.value)
+    rows = RouterRows(
+        list(out.policies),
+        out.probabilities[:, complex_id].numpy().astype(float),
+        out.confidence.numpy().astype(float),
+        out.confidence_source,
+    )
+    _write_atomic(
+        path,
+        {
+            "policy": rows.policy,
+            "p_complex": rows.p_complex.tolist(),
+            "confidence": rows.confidence.tolist(),
+            "source": rows.source,
+        },
+    )
+    return rows
 
 
 @dataclass
@@ -179,7 +212,7 @@ class EvalSplit:
     answers: dict[str, list[Generation]]
     judgements: dict[str, list[Judgement]]
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
-    router_p: np.ndarray | None = None
+    router: RouterRows | None = None
     features: dict[str, np.ndarray] = field(init=False)
     correct: dict[str, np.ndarray] = field(init=False)
     output_tokens: dict[str, np.ndarray] = field(init=False)
@@ -196,6 +229,11 @@ class EvalSplit:
     @property
     def n(self) -> int:
         return len(self.tasks)
+
+    @property
+    def router_p(self) -> np.ndarray | None:
+        """The router's P(complex) per request, or None without a router."""
+        return None if self.router is None else self.router.p_complex
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -232,13 +270,13 @@ def load_split(
 ) -> EvalSplit:
     """Sample a split, answer it with every tier (cached) and judge the answers.
 
-    `root` is the zoo folder (default: `models.zoo.ensure_zoo()`, which builds a missing zoo);
-    tier and router names are subfolders of it.
+    `root` is the zoo folder (default: `models.zoo.zoo_dir()`, built by `make zoo`); tier and
+    router names are subfolders of it.
     """
     if root is None:
-        from models.zoo import ensure_zoo
+        from models.zoo import zoo_dir
 
-        root = ensure_zoo()
+        root = zoo_dir()
     root = Path(root)
     tasks = sample(split, n, seed)
     answers = {t: cached_answers(root / t, tasks, split, seed) for t in tiers}
@@ -246,7 +284,7 @@ def load_split(
         t: [judge(g.text, task.answer) for g, task in zip(answers[t], tasks, strict=True)]
         for t in tiers
     }
-    router_p = None if router is None else cached_router_probs(root / router, tasks, split, seed)
+    rows = None if router is None else cached_router_outputs(root / router, tasks, split, seed)
     return EvalSplit(
         split=split,
         seed=seed,
@@ -255,5 +293,5 @@ def load_split(
         answers=answers,
         judgements=judgements,
         feedback=feedback or FeedbackConfig(),
-        router_p=router_p,
+        router=rows,
     )

@@ -13,6 +13,7 @@ __all__ = [
     "describe_policy",
     "emit",
     "jsonable",
+    "load_app_args",
     "load_policy",
     "log",
     "zoo_root",
@@ -44,10 +45,13 @@ def add_data_options(p: argparse.ArgumentParser, policy: bool = True) -> None:
         "params: the zoo's tiers priced by parameter count (strong = 1.0)",
     )
     p.add_argument(
+        "--config",
         "--serve-config",
+        dest="serve_config",
         type=Path,
         default=None,
-        help="Ray Serve config read by --costs serve (default: serve_config.yaml at the repo root)",
+        help="the Ray Serve config whose application (AppArgs) is served: its ladder, router "
+        "threshold and calibration are what is evaluated (default: serve_config.yaml)",
     )
 
 
@@ -57,10 +61,20 @@ def log(msg: str) -> None:
 
 
 def zoo_root(args: argparse.Namespace) -> Path:
-    """The zoo folder; building it when missing is models.zoo's business (once, locked)."""
-    from models.zoo import ensure_zoo
+    """The zoo folder, built first when missing (once, locked; offline code may train)."""
+    from offline.zoo_cli import ensure_zoo
 
     return ensure_zoo(args.zoo)
+
+
+def load_app_args(args: argparse.Namespace):
+    """The served application's typed config (`AppArgs`) from --config."""
+    from calibration.config import AppArgs
+
+    try:
+        return AppArgs.from_serve_config(args.serve_config)
+    except ValueError as e:
+        raise SystemExit(f"cannot use the serve config: {e}") from e
 
 
 def load_policy(args: argparse.Namespace, root: Path):
@@ -70,27 +84,25 @@ def load_policy(args: argparse.Namespace, root: Path):
     (the default) reads the serve config's tiers, so the evaluation charges what serving
     charges; --costs params prices the zoo's tiers by parameter count.
     """
-    from calibration.policy import CascadePolicyConfig, policy_from_serve_config
-    from calibration.replay import zoo_tiers
+    from calibration.config import AppArgs
+    from calibration.policy import CascadePolicyConfig
+    from offline.replay import zoo_tiers
 
     if args.policy is not None:
         try:
             if args.policy.suffix in (".yaml", ".yml"):
-                return policy_from_serve_config(args.policy)
+                return AppArgs.from_serve_config(args.policy).policy()
             return CascadePolicyConfig.model_validate_json(args.policy.read_text())
         except (OSError, ValueError) as e:
             raise SystemExit(f"cannot use policy file {args.policy}: {e}") from e
     if args.costs == "params":
         return CascadePolicyConfig(tiers=zoo_tiers(root))
-    try:
-        return policy_from_serve_config(args.serve_config)
-    except ValueError as e:
-        raise SystemExit(f"cannot use the serve config's tiers: {e}") from e
+    return load_app_args(args).policy()
 
 
 def describe_policy(args: argparse.Namespace) -> str:
     """Where `load_policy` took the ladder from, for reports."""
-    from calibration.policy import SERVE_CONFIG
+    from calibration.config import SERVE_CONFIG
 
     if args.policy is not None:
         return f"file {args.policy}"

@@ -26,44 +26,31 @@ Rewards (`REWARDS`), with p = P(router right | query) and c the sampled confiden
 Under a Beta the proper rules also reward a large concentration k (less sampling noise); the
 linear rule's expected reward depends only on the mean, so k gets no signal from it.
 
-    python -m calibration train --reward brier log linear    # heads under artifacts/heads/
-    python -m calibration train --num-workers 2              # the same, on Ray Train
-
-`train_default_head(zoo_root)` is what the zoo build calls: labels, SFT, RL, saved beside the
-router.
+This module is the plain-torch part: configs, rewards, losses and the two loops (`train_sft`,
+`train_rl`), which take tensors and may be handed a DDP-wrapped model. From label sets to a
+trained head, in-process or on Ray Train, and the zoo's default head: `offline.head.fitting`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import os
-import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from calibration.labels import LabelSet
-from calibration.metrics import summarize
-from models.router_model import ConfidenceHead, ConfidenceHeadConfig, router_checksum
+from models.router_model import ConfidenceHead
+from offline.head.metrics import summarize
 
 __all__ = [
-    "DEFAULT_HEAD_REWARD",
+    "LOOPS",
     "REWARDS",
     "RLConfig",
     "SFTConfig",
     "calibration_loss",
-    "fit_head",
-    "fit_rl",
-    "fit_sft",
     "ranking_loss",
-    "ray_session",
-    "train_default_head",
     "train_rl",
     "train_sft",
 ]
@@ -265,217 +252,5 @@ def train_rl(
     return history
 
 
-_LOOPS = {"sft": train_sft, "rl": train_rl}
-
-
-# --- from label sets to a trained head (in-process or on Ray Train) ---------------------------
-
-
-def _tensors(train: LabelSet, val: LabelSet) -> tuple[torch.Tensor, ...]:
-    return train.hidden.float(), train.correct, val.hidden.float(), val.correct
-
-
-def _new_head(train: LabelSet, cfg: SFTConfig) -> ConfidenceHead:
-    torch.manual_seed(cfg.seed)
-    head_cfg = ConfidenceHeadConfig(
-        in_dim=train.hidden.shape[1], width=cfg.width, dropout=cfg.dropout
-    )
-    head = ConfidenceHead(head_cfg)
-    head.fit_standardizer(train.hidden.float())  # statistics of the training split only
-    return head
-
-
-def _summaries(stages: list, histories: list[list[dict]], num_workers: int) -> dict:
-    out = {}
-    for (stage, cfg), history in zip(stages, histories, strict=True):
-        if stage == "sft":
-            best = min(history, key=lambda h: h["brier"])  # the state train_sft restored
-            validation = {k: v for k, v in best.items() if k not in ("epoch", "train_brier")}
-            extra = {"epochs": len(history), "best_epoch": best["epoch"]}
-        else:
-            validation = {k: v for k, v in history[-1].items() if k not in ("step", "reward", "k")}
-            extra = {"validation_start": history[0], "final_concentration": history[-1]["k"]}
-        out[stage] = {
-            "stage": stage,
-            "config": asdict(cfg),
-            "validation": validation,
-            "num_workers": num_workers,
-            **extra,
-        }
-    return out
-
-
-def fit_head(
-    train: LabelSet,
-    val: LabelSet,
-    sft: SFTConfig = SFTConfig(),
-    rl: RLConfig | None = RLConfig(),
-    num_workers: int = 1,
-) -> tuple[ConfidenceHead, dict]:
-    """A fresh head (standardised on `train`): SFT with early stopping on `val`, then (unless
-    `rl` is None) RL from the SFT checkpoint; both stages in one Ray Train run if N > 1."""
-    head = _new_head(train, sft)
-    stages = [("sft", sft)] + ([("rl", rl)] if rl is not None else [])
-    t0 = time.time()
-    histories = _train_stages(head, stages, _tensors(train, val), num_workers)
-    return head, {
-        **_summaries(stages, histories, num_workers),
-        "seconds": round(time.time() - t0, 2),
-    }
-
-
-def fit_sft(
-    train: LabelSet, val: LabelSet, cfg: SFTConfig = SFTConfig(), num_workers: int = 1
-) -> tuple[ConfidenceHead, dict]:
-    """SFT only; returns (head, the "sft" summary)."""
-    head, summary = fit_head(train, val, cfg, None, num_workers)
-    return head, {**summary["sft"], "seconds": summary["seconds"]}
-
-
-def fit_rl(
-    sft_head: ConfidenceHead,
-    train: LabelSet,
-    val: LabelSet,
-    cfg: RLConfig = RLConfig(),
-    num_workers: int = 1,
-) -> tuple[ConfidenceHead, dict]:
-    """RL from a copy of the SFT checkpoint (the SFT head itself is left untouched)."""
-    head = copy.deepcopy(sft_head)
-    t0 = time.time()
-    histories = _train_stages(head, [("rl", cfg)], _tensors(train, val), num_workers)
-    summary = _summaries([("rl", cfg)], histories, num_workers)["rl"]
-    return head, {**summary, "seconds": round(time.time() - t0, 2)}
-
-
-def _train_stages(head: ConfidenceHead, stages: list, data: tuple, num_workers: int) -> list:
-    """Run [("sft" | "rl", config), ...] on `head` in place; one validation history per stage.
-
-    N = 1 runs in this process; N > 1 runs data-parallel on Ray Train (imported only here).
-    """
-    if num_workers < 1:
-        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    if num_workers == 1:
-        return [_LOOPS[stage](head, *data, cfg) for stage, cfg in stages]
-    return _run_on_ray(head, stages, data, num_workers)
-
-
-def _ray_worker(config: dict) -> None:
-    """Runs on every Ray Train worker: DDP-wrap the head, train its shard, rank 0 reports."""
-    import ray.train
-    import ray.train.torch
-
-    torch.set_num_threads(1)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    head = ConfidenceHead(config["head_config"])
-    head.load_state_dict(config["state"])
-    model = ray.train.torch.prepare_model(head)  # DistributedDataParallel over gloo on CPU
-    histories = [
-        _LOOPS[stage](head, *config["data"], cfg, model=model, rank=rank, world=world)
-        for stage, cfg in config["stages"]
-    ]
-    with tempfile.TemporaryDirectory() as d:
-        checkpoint = None
-        if rank == 0:
-            head.save(d, meta={"histories": histories})
-            checkpoint = ray.train.Checkpoint.from_directory(d)
-        ray.train.report({"stages": len(histories)}, checkpoint=checkpoint)
-
-
-@contextlib.contextmanager
-def ray_session(num_workers: int):
-    """A local Ray (2 CPUs, no dashboard) for the block when N > 1 and none is running, so
-    several trainings share one start-up; a no-op for N = 1."""
-    if num_workers <= 1:
-        yield
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def _run_on_ray(head: ConfidenceHead, stages: list, data: tuple, num_workers: int) -> list:
-    """TorchTrainer with N CPU workers, inside `ray_session` (which starts Ray if needed)."""
-    with ray_session(num_workers), tempfile.TemporaryDirectory() as storage:
-        from ray.train import RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
-
-        trainer = TorchTrainer(
-            _ray_worker,
-            train_loop_config={
-                "stages": stages,
-                "head_config": head.config,
-                "state": head.state_dict(),
-                "data": data,
-            },
-            scaling_config=ScalingConfig(
-                num_workers=num_workers,
-                use_gpu=False,
-                resources_per_worker={"CPU": min(1.0, 2.0 / num_workers)},
-            ),
-            run_config=RunConfig(storage_path=storage, name="confidence-head"),
-        )
-        result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError(f"Ray Train run returned no checkpoint: {result.error}")
-        with result.checkpoint.as_directory() as d:
-            trained = ConfidenceHead.load(d)
-    head.load_state_dict(trained.state_dict())
-    return trained.meta["histories"]
-
-
-# --- the zoo's default head -------------------------------------------------------------------
-
-DEFAULT_LABELS = {"calibration": 2000, "validation": 1000}  # queries labelled per split
-# The reward of the head the zoo serves: log, chosen on the validation split, where its RL stage
-# reached ECE 0.027 against Brier's 0.034 (`python -m calibration report`, fitted.*.rl_validation).
-DEFAULT_HEAD_REWARD = "log"
-
-
-def train_default_head(zoo_root: Path, seed: int = 0) -> dict:
-    """Label the calibration and validation splits, SFT + RL (default configs), and save the
-    head beside the router (`zoo_root/router/confidence_head.*`); returns the summary.
-
-    Meant for the end of the zoo build (about a minute on 2 CPU cores); labels are not cached.
-    Runs on one torch thread (restored after): the models are tiny, and on a busy 2-core
-    machine more threads only contend.
-    """
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _train_default_head(Path(zoo_root), seed)
-    finally:
-        torch.set_num_threads(prev_threads)
-
-
-def _train_default_head(zoo_root: Path, seed: int) -> dict:
-    from calibration.labels import build_labels, zoo_fingerprint
-    from models.tasks import sample
-
-    t0 = time.time()
-    data = {
-        split: build_labels(zoo_root, sample(split, n, seed=seed), progress=False)
-        for split, n in DEFAULT_LABELS.items()
-    }
-    train, val = data["calibration"], data["validation"]
-    rl = RLConfig(seed=seed, reward=DEFAULT_HEAD_REWARD)
-    head, summary = fit_head(train, val, SFTConfig(seed=seed), rl)
-    summary = {
-        "method": f"sft_rl_{rl.reward}",
-        "labels": {s: {"n": d.n, "router_accuracy": d.router_accuracy} for s, d in data.items()},
-        "label_seed": seed,
-        "fingerprint": zoo_fingerprint(zoo_root),
-        "router_checksum": router_checksum(zoo_root / "router"),
-        **summary,
-    }
-    head.save(zoo_root / "router", meta=summary)
-    summary["seconds"] = round(time.time() - t0, 1)
-    return summary
+# a stage name of `fitting.fit_head` -> its loop
+LOOPS = {"sft": train_sft, "rl": train_rl}

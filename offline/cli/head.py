@@ -8,7 +8,7 @@
 `--zoo` defaults to the built zoo (models.zoo.zoo_dir()); these commands never build it.
 Artifacts (labels, heads, PNGs, tables) go under `--out` (default artifacts/).
 `add_subcommands(subparsers)` registers the four commands; `register` is the same function
-under the name `calibration/__main__.py`'s COMMANDS modules use.
+under the name `offline.cli`'s COMMANDS modules use.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def _zoo(args: argparse.Namespace) -> Path:
 
 
 def _configs(args: argparse.Namespace):
-    from calibration.head_training import RLConfig, SFTConfig
+    from offline.head.training import RLConfig, SFTConfig
 
     try:
         sft = SFTConfig(
@@ -182,7 +182,7 @@ def _configs(args: argparse.Namespace):
 
 
 def _matrix(args: argparse.Namespace):
-    from calibration.labels import load_oracle_matrix
+    from offline.head.labels import load_oracle_matrix
 
     try:
         return load_oracle_matrix(args.oracle_matrix)
@@ -191,7 +191,7 @@ def _matrix(args: argparse.Namespace):
 
 
 def _data_spec(args: argparse.Namespace):
-    from calibration.head_report import HeadData
+    from offline.head.report import HeadData
 
     return HeadData(n_train=args.n_train, n_val=args.n_val, label_seed=args.label_seed)
 
@@ -201,7 +201,7 @@ def _print(payload: dict, as_json: bool, text: str) -> None:
 
 
 def run_labels(args: argparse.Namespace) -> int:
-    from calibration.labels import label_split, labels_path
+    from offline.head.labels import label_split, labels_path
 
     root, matrix = _zoo(args), _matrix(args)
     labels = label_split(
@@ -233,8 +233,8 @@ def run_labels(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from calibration.baselines import fit_methods
-    from calibration.head_training import ray_session
+    from offline.head.baselines import fit_methods
+    from offline.head.fitting import ray_session
 
     root, matrix = _zoo(args), _matrix(args)
     sft, rl = _configs(args)
@@ -271,9 +271,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from calibration.baselines import METHODS
-    from calibration.head_report import report
-    from calibration.head_training import ray_session
+    from offline.head.baselines import METHODS
+    from offline.head.fitting import ray_session
+    from offline.head.report import report
 
     root, matrix = _zoo(args), _matrix(args)
     sft, rl = _configs(args)
@@ -305,7 +305,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_ablate(args: argparse.Namespace) -> int:
-    from calibration.head_report import ablate
+    from offline.head.report import ablate
 
     root, matrix = _zoo(args), _matrix(args)
     sft, rl = _configs(args)

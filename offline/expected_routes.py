@@ -1,14 +1,13 @@
 """What the served cascade should decide for each request, computed offline, and how the
 served decisions compare with it.
 
-Serving and the offline evaluation share `calibration.policy` and the calibration artifact,
-but serving adds the router deployment (its confidence head), the tiers' engines (vLLM or
-transformers) and HTTP. This module replays one request at a time through the same pieces
-without Ray: the router with its head (`models.router_model.RouterWithHead`), each tier's
-greedy answer (cached, transformers), the artifact's signal, and `run_cascade`. Sending the
-same prompts through the running service and comparing (`compare`) shows whether serving
-makes the decisions the evaluation measured; `benchmarks/bench_agreement.py` and the
-end-to-end test do exactly that.
+`expected_routes` replays requests through `offline.served.replay_served`: the served config's
+policy, the router + confidence head (`models.router_model.RouterWithHead`, the Router
+deployment's code), each tier's recorded greedy answer, the artifact's per-tier signal, and
+`calibration.cascade.CascadeRun`, the state machine serving drives. Sending the same prompts
+through the running service and comparing (`compare`) shows whether serving makes the
+decisions the evaluation measured; `benchmarks/bench_agreement.py` and the end-to-end tests
+do exactly that.
 """
 
 from __future__ import annotations
@@ -19,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.artifact import CascadeCalibration
-from calibration.policy import CascadePolicyConfig, run_cascade, start_tier
-from calibration.replay import cached_answers
+from calibration.artifact import load_artifact
+from calibration.config import AppArgs
 from models.tasks import Judgement, Task, judge
 from models.zoo import ANSWER_MAX_TOKENS
+from offline.replay import load_split
+from offline.served import replay_served, served_artifact_path
 
 # ANSWER_MAX_TOKENS: the offline answers are generated with this many new tokens at most; a
 # check sends the same `max_tokens`, so a model that never stops is cut at the same place.
@@ -35,8 +35,8 @@ class ExpectedRoute:
     """One request's path as serving should take it."""
 
     prompt: str
-    router_policy: str
-    router_confidence: float
+    router_policy: str | None
+    router_confidence: float | None
     tiers_visited: tuple[str, ...]
     correct: bool
     cost: float
@@ -47,57 +47,31 @@ class ExpectedRoute:
 
 
 def expected_routes(
-    tasks: Sequence[Task],
-    *,
-    policy: CascadePolicyConfig,
-    calibration: CascadeCalibration,
-    tier_dirs: dict[str, Path],
-    router_dir: Path | None,
-    split: str,
-    seed: int,
-) -> list[ExpectedRoute]:
-    """Each task's route under `policy` and `calibration`, as serving decides it.
-
-    `tasks` must be `sample(split, len(tasks), seed)` (the answers cache is keyed by that);
-    `tier_dirs` maps each tier name of the policy to its model folder.
-    """
-    tasks = list(tasks)
-    if not tasks:
-        raise ValueError("no tasks to route")
-    missing = [n for n in policy.tier_names if n not in tier_dirs]
-    if missing:
-        raise ValueError(f"no model folder for tiers {missing}")
-    answers = {n: cached_answers(tier_dirs[n], tasks, split, seed) for n in policy.tier_names}
-    if router_dir is not None:
-        from models.router_model import RouterWithHead
-
-        rows = RouterWithHead(router_dir)([t.prompt for t in tasks]).to_dicts()
-    else:
-        rows = [{"policy": None, "confidence": None}] * len(tasks)
-    names = policy.tier_names
-    out = []
-    for i, task in enumerate(tasks):
-        start = start_tier(
-            policy, router_policy=rows[i]["policy"], router_confidence=rows[i]["confidence"]
+    app: AppArgs, split: str, seed: int, n: int, root: Path | None = None
+) -> tuple[list[Task], list[ExpectedRoute]]:
+    """`sample(split, n, seed)` and each request's route under the served `app` (its ladder,
+    router and artifact), on the zoo at `root` (default: the built zoo)."""
+    if n < 1:
+        raise ValueError(f"no tasks to route (n={n})")
+    router = "router" if app.router.enabled else None
+    data = load_split(split, n, seed, root=root, tiers=app.tier_names, router=router)
+    artifact = load_artifact(served_artifact_path(app, root), app.tier_names)
+    artifact = artifact.with_thresholds(app.threshold_overrides())
+    artifact.check_covers(app.tier_names)
+    run = replay_served(app.policy(), artifact, data)
+    names, rows = app.tier_names, data.router
+    out = [
+        ExpectedRoute(
+            prompt=task.prompt,
+            router_policy=rows.policy[i] if rows else None,
+            router_confidence=float(rows.confidence[i]) if rows else None,
+            tiers_visited=tuple(names[t] for t in o.visited),
+            correct=bool(run.correct[i]),
+            cost=o.cost,
         )
-        path = run_cascade(
-            policy,
-            start,
-            lambda t, i=i: calibration.signal(answers[names[t]][i]),
-            lambda t, i=i: answers[names[t]][i].completion_tokens,
-        )
-        final = answers[names[path.final_tier]][i]
-        out.append(
-            ExpectedRoute(
-                prompt=task.prompt,
-                router_policy=rows[i]["policy"],
-                router_confidence=rows[i]["confidence"],
-                tiers_visited=tuple(names[t] for t in path.visited),
-                correct=judge(final.text, task.answer) == Judgement.correct,
-                cost=path.cost,
-            )
-        )
-    return out
+        for i, (task, o) in enumerate(zip(data.tasks, run.outcomes, strict=True))
+    ]
+    return data.tasks, out
 
 
 def compare(

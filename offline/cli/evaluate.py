@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from calibration.commands.common import (
+from offline.cli.common import (
     add_data_options,
     describe_policy,
     emit,
@@ -66,15 +66,25 @@ def _text(report: dict) -> str:
                 f"({100 * p['cost_vs_always_strong']:.0f}% of strong) PGR {p['pgr']:.3f}"
             )
     lines.append(f"criteria: {s['criteria']}")
+    if s.get("served"):
+        p = s["served"]
+        lines.append(
+            f"served: acc {p['accuracy']:.3f} cost {p['cost']:.3f} escalation "
+            f"{p['escalation_rate']:.3f}; guarantee {p['params']['guarantee']}"
+        )
+    if report.get("three_tier"):
+        from offline.ladder import ladder_text
+
+        lines.append(ladder_text(report["three_tier"]))
     if report.get("plot"):
         lines.append(f"plot: {report['plot']}")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    from calibration.evaluate import EvalSettings, evaluate
-    from calibration.plots import cost_quality_plot
-    from calibration.replay import load_split
+    from offline.evaluate import EvalSettings, evaluate
+    from offline.plots import cost_quality_plot
+    from offline.replay import load_split
 
     if args.split in (args.fit_split, "calibration"):
         raise SystemExit(
@@ -91,10 +101,52 @@ def run(args: argparse.Namespace) -> int:
     cal = load_split("calibration", args.n_cal, args.seed, root=root, tiers=tiers)
     test = load_split(args.split, args.n, args.seed, root=root, tiers=tiers)
     log("replaying strategies")
-    report = evaluate(policy, test, cal, fit, EvalSettings(seed=args.seed))
+    served = _served(args, root, tiers)
+    report = evaluate(policy, test, cal, fit, EvalSettings(seed=args.seed), served)
     report["policy_source"] = describe_policy(args)
+    three = _three_tier(args, root)
+    if three is not None:
+        report["three_tier"] = three
     if not args.no_plot:
         path = args.out / f"cost_quality_{args.split}_s{args.seed}.png"
         report["plot"] = str(cost_quality_plot(report, path))
     emit(report, args.json, _text(report))
     return 0
+
+
+def _served(args: argparse.Namespace, root: Path, tiers: list[str]):
+    """(policy, artifact) of the served application, when its ladder is the evaluated one."""
+    from calibration.artifact import load_artifact
+    from offline.cli.common import load_app_args
+    from offline.served import served_artifact_path
+
+    app = load_app_args(args)
+    if app.tier_names != tiers:
+        log(f"no `served` strategy: the config's tiers {app.tier_names} are not {tiers}")
+        return None
+    path = served_artifact_path(app, root)
+    if not path.is_file():
+        log(f"no `served` strategy: no calibration artifact at {path}")
+        return None
+    artifact = load_artifact(path, tiers)
+    artifact.check_covers(tiers)
+    return app.policy(), artifact
+
+
+def _three_tier(args: argparse.Namespace, root: Path) -> dict | None:
+    """The 3-tier table (serve_config.3tier.yaml on the zoo with its middle tier)."""
+    from calibration.artifact import load_artifact
+    from calibration.config import AppArgs
+    from offline.ladder import ladder_table
+    from offline.replay import load_split
+    from offline.served import served_artifact_path
+    from offline.zoo_artifacts import SERVE_CONFIG_3TIER
+
+    if not (root / "mid").is_dir() or not SERVE_CONFIG_3TIER.is_file():
+        return None
+    app = AppArgs.from_serve_config(SERVE_CONFIG_3TIER)
+    names = app.tier_names
+    test = load_split(args.split, args.n, args.seed, root=root, tiers=names)
+    artifact = load_artifact(served_artifact_path(app, root), names)
+    artifact.check_covers(names)
+    return {"config": SERVE_CONFIG_3TIER.name, **ladder_table(app.policy(), artifact, test)}

@@ -11,7 +11,7 @@ split, then gives every labelled query a confidence that the router's policy is 
 - `temperature_scaling`: max probability of softmax(logits / T), T fitted by NLL of the true
   policy on the validation split.
 - `sft`, `sft_rl_linear`, `sft_rl_brier`, `sft_rl_log`: the confidence head after SFT, or
-  after SFT + RL with that reward (`calibration.head_training`).
+  after SFT + RL with that reward (`offline.head.training`).
 
 Head methods save their trained head under `cache_dir/<name>/` with a key of their data and
 configs, and reuse it on the next fit with the same key.
@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration.head_training import RLConfig, SFTConfig, fit_rl, fit_sft
-from calibration.labels import LabelSet
 from models.router_model import ConfidenceHead
+from offline.head.fitting import fit_rl, fit_sft
+from offline.head.labels import LabelSet
+from offline.head.training import RLConfig, SFTConfig
 
 __all__ = [
     "METHODS",

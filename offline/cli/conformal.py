@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from calibration.commands.common import (
+from offline.cli.common import (
     add_data_options,
     describe_policy,
     emit,
@@ -80,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
 
     from calibration.artifact import CascadeCalibration, ModelIdentity
     from calibration.conformal import calibrate, empirical, trials
-    from calibration.evaluate import fit_quality_estimator, replay
-    from calibration.replay import load_split, model_fingerprint
     from calibration.scores import SeedHeuristicScorer, get_scorer
+    from offline.evaluate import fit_quality_estimator, replay
+    from offline.replay import load_split, model_fingerprint
 
     if not 0 < args.alpha < 1:
         raise SystemExit(f"--alpha must be in (0, 1), got {args.alpha}")

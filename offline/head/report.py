@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.baselines import METHODS, LoadedHead, fit_methods
-from calibration.head_training import RLConfig, SFTConfig, fit_rl, fit_sft
-from calibration.labels import LabelSet, label_split
-from calibration.metrics import (
+from models.router_model import ConfidenceHead
+from offline.head.baselines import METHODS, LoadedHead, fit_methods
+from offline.head.fitting import fit_rl, fit_sft
+from offline.head.labels import LabelSet, label_split
+from offline.head.metrics import (
     bootstrap_interval,
     brier,
     ece,
@@ -30,7 +31,7 @@ from calibration.metrics import (
     reliability_diagram,
     summarize,
 )
-from models.router_model import ConfidenceHead
+from offline.head.training import RLConfig, SFTConfig
 
 __all__ = ["DESIGN_ECE", "HeadData", "ablate", "ablation_markdown", "report", "report_markdown"]
 
@@ -90,9 +91,7 @@ def report(
     """
     out = Path(out)
     train, val = data.load(zoo_root, out, progress, matrix)
-    test = label_split(
-        zoo_root, split, n, seed, out_dir=out / "labels", matrix=matrix, progress=progress
-    )
+    test = _test_labels(zoo_root, split, n, seed, out, matrix, progress)
     names = methods or list(METHODS)
     fitted = fit_methods(
         names, train, val, sft=sft, rl=rl, cache_dir=out / "heads", num_workers=num_workers
@@ -102,24 +101,10 @@ def report(
         fitted["served_head"] = LoadedHead(served)  # what the router deployment serves
     y = test.correct.numpy()
     conf = {name: m.confidence(test) for name, m in fitted.items()}
-    queries = [r.query for r in test.records]  # repeated queries resample together
-    rows = {}
-    for name, c in conf.items():
-        rows[name] = summarize(c, y)
-        rows[name]["ece_ci90"] = bootstrap_interval(c, y, ece, groups=queries)
-        rows[name]["brier_ci90"] = bootstrap_interval(c, y, brier, groups=queries)
+    rows = _score_methods(conf, y, groups=[r.query for r in test.records])
     best = min(rows, key=lambda k: (rows[k]["ece"], rows[k]["brier"]))  # lowest ECE-15
     met_by = [k for k, m in rows.items() if m["ece"] <= TARGET_ECE and m["brier"] <= TARGET_BRIER]
     folder = out / "report" / f"{split}-seed{seed}-n{n}"
-    diagrams = {
-        name: str(reliability_diagram(c, y, folder / f"reliability_{name}.png", title=name))
-        for name, c in conf.items()
-    }
-    overlay = overlay_diagram(
-        {k: (c, y) for k, c in conf.items()},
-        folder / "reliability_overlay.png",
-        title=f"{split} seed {seed}: reliability of every method",
-    )
     result = {
         "split": split,
         "seed": seed,
@@ -137,13 +122,47 @@ def report(
             "met_by": met_by,
             "met": bool(met_by),
         },
-        "diagrams": {**diagrams, "overlay": str(overlay)},
+        "diagrams": _diagrams(conf, y, folder, title=f"{split} seed {seed}"),
     }
     table = folder / "table.md"
     table.write_text(report_markdown(result))
     (folder / "report.json").write_text(json.dumps(result, indent=2))
     result["table"] = str(table)
     return result
+
+
+def _test_labels(
+    zoo_root: Path, split: str, n: int, seed: int, out: Path, matrix, progress: bool | None
+) -> LabelSet:
+    """The evaluated sample `sample(split, n, seed)`, labelled (cached under `out/labels`)."""
+    return label_split(
+        zoo_root, split, n, seed, out_dir=out / "labels", matrix=matrix, progress=progress
+    )
+
+
+def _score_methods(conf: dict[str, np.ndarray], y: np.ndarray, groups: list[str]) -> dict:
+    """Each method's metrics, plus 90% bootstrap intervals of ECE and Brier; `groups` (the
+    queries) make repeated queries resample together."""
+    rows = {}
+    for name, c in conf.items():
+        rows[name] = summarize(c, y)
+        rows[name]["ece_ci90"] = bootstrap_interval(c, y, ece, groups=groups)
+        rows[name]["brier_ci90"] = bootstrap_interval(c, y, brier, groups=groups)
+    return rows
+
+
+def _diagrams(conf: dict[str, np.ndarray], y: np.ndarray, folder: Path, title: str) -> dict:
+    """One reliability diagram per method and the overlay of all of them, under `folder`."""
+    diagrams = {
+        name: str(reliability_diagram(c, y, folder / f"reliability_{name}.png", title=name))
+        for name, c in conf.items()
+    }
+    overlay = overlay_diagram(
+        {k: (c, y) for k, c in conf.items()},
+        folder / "reliability_overlay.png",
+        title=f"{title}: reliability of every method",
+    )
+    return {**diagrams, "overlay": str(overlay)}
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -231,24 +250,58 @@ def ablate(
         raise ValueError("ablate needs at least one training seed")
     out = Path(out)
     train, val = data.load(zoo_root, out, progress, matrix)
-    test = label_split(
-        zoo_root, split, n, seed, out_dir=out / "labels", matrix=matrix, progress=progress
-    )
+    test = _test_labels(zoo_root, split, n, seed, out, matrix, progress)
     variants = ablation_variants(rl)
     scores: dict[str, list[dict]] = {name: [] for _, name, _ in variants}
     for s in seeds:
         log(f"ablation: training seed {s}")
-        sft_head, _ = fit_sft(train, val, replace(sft, seed=s))
-        done: dict[str, dict] = {}  # the same config twice (e.g. the default cal weight) runs once
-        for _, name, cfg in variants:
-            key = json.dumps(cfg and asdict(cfg))
-            if key not in done:
-                head = sft_head
-                if cfg is not None:
-                    head, _ = fit_rl(sft_head, train, val, replace(cfg, seed=s))
-                conf = head.confidence(test.hidden.float()).numpy()
-                done[key] = summarize(conf, test.correct.numpy())
-            scores[name].append(done[key])
+        for name, summary in _score_variants(variants, s, train, val, test, sft).items():
+            scores[name].append(summary)
+    result = {
+        "split": split,
+        "seed": seed,
+        "n": test.n,
+        "training_seeds": list(seeds),
+        "rows": _ablation_rows(variants, scores),
+    }
+    folder = out / "ablation" / f"{split}-seed{seed}-n{n}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ablation.json").write_text(json.dumps(result, indent=2))
+    table = folder / "ablation.md"
+    table.write_text(ablation_markdown(result))
+    result["table"] = str(table)
+    return result
+
+
+def _score_variants(
+    variants: list[tuple[str, str, RLConfig | None]],
+    seed: int,
+    train: LabelSet,
+    val: LabelSet,
+    test: LabelSet,
+    sft: SFTConfig,
+) -> dict[str, dict]:
+    """One training seed: SFT once, then every variant's RL from that checkpoint, each scored
+    on `test`; variant name -> metrics."""
+    sft_head, _ = fit_sft(train, val, replace(sft, seed=seed))
+    done: dict[str, dict] = {}  # the same config twice (e.g. the default cal weight) runs once
+    scores = {}
+    for _, name, cfg in variants:
+        key = json.dumps(cfg and asdict(cfg))
+        if key not in done:
+            head = sft_head
+            if cfg is not None:
+                head, _ = fit_rl(sft_head, train, val, replace(cfg, seed=seed))
+            conf = head.confidence(test.hidden.float()).numpy()
+            done[key] = summarize(conf, test.correct.numpy())
+        scores[name] = done[key]
+    return scores
+
+
+def _ablation_rows(
+    variants: list[tuple[str, str, RLConfig | None]], scores: dict[str, list[dict]]
+) -> list[dict]:
+    """One row per variant: mean, std (ddof 1) and the per-seed values of each metric."""
     rows = []
     for group, name, cfg in variants:
         row = {"group": group, "variant": name, "config": cfg and asdict(cfg)}
@@ -260,20 +313,7 @@ def ablate(
                 "values": values,
             }
         rows.append(row)
-    result = {
-        "split": split,
-        "seed": seed,
-        "n": test.n,
-        "training_seeds": list(seeds),
-        "rows": rows,
-    }
-    folder = out / "ablation" / f"{split}-seed{seed}-n{n}"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "ablation.json").write_text(json.dumps(result, indent=2))
-    table = folder / "ablation.md"
-    table.write_text(ablation_markdown(result))
-    result["table"] = str(table)
-    return result
+    return rows
 
 
 def ablation_markdown(result: dict) -> str:

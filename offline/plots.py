@@ -29,7 +29,7 @@ _MARKERS = {
 
 
 def cost_quality_plot(report: dict, path: str | Path, features: bool = True) -> Path:
-    """Draw `calibration.evaluate.evaluate`'s report to `path` (PNG); returns the path."""
+    """Draw `offline.evaluate.evaluate`'s report to `path` (PNG); returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")

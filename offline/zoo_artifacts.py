@@ -1,0 +1,142 @@
+"""What the zoo build derives from its trained models: the router's confidence head and the
+cascade's calibration artifact, so a fresh `make serve` answers with a calibrated router
+confidence and a conformal threshold at every tier below the top.
+
+The artifact is calibrated on the population each threshold will see in serving: the
+calibration-split queries that the served router (with its confidence head) and policy send to
+that tier, found by replaying `CascadeRun` (`offline.served.replay_served`) one tier at a
+time. Calibrating on all queries instead would mix in the router's confident-complex queries,
+which never reach the cheap tier's threshold in production.
+
+    python -m calibration conformal --mode risk --alpha 0.02 --out PATH   # one tier by hand
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from calibration.artifact import CascadeArtifact, CascadeCalibration, ModelIdentity
+from calibration.config import SERVE_CONFIG, AppArgs
+from calibration.conformal import calibrate
+from calibration.scores import QualityEstimator
+from offline.replay import EvalSplit, load_split, model_fingerprint
+from offline.served import replay_served
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_MODE",
+    "DERIVED_VERSION",
+    "SERVE_CONFIG_3TIER",
+    "build_derived",
+    "build_zoo_calibration",
+    "calibration_ladder",
+]
+
+# Conformal risk control at 2% per tier: in expectation at most 2% of the requests a tier
+# decides get a wrong answer accepted there that the top tier would have got right.
+DEFAULT_MODE = "risk"
+DEFAULT_ALPHA = 0.02
+CALIBRATION_FILE = "calibration.json"
+SERVE_CONFIG_3TIER = SERVE_CONFIG.with_name("serve_config.3tier.yaml")
+# Bumped whenever what is derived changes (3: one threshold per tier below the top, each on
+# the population the served router + head + policy send it; the head is trained first); a zoo
+# whose derived artifacts are older is re-derived (seconds), its models are kept.
+DERIVED_VERSION = 3
+
+
+def calibration_ladder(root: Path) -> AppArgs:
+    """The served config whose ladder the artifact calibrates: the 3-tier one when the zoo has
+    the middle tier, else serve_config.yaml. Both use the same router threshold, so the
+    cheapest tier sees the same population in either and one artifact serves both."""
+    args = AppArgs.from_serve_config(SERVE_CONFIG)
+    if (Path(root) / "mid").is_dir() and SERVE_CONFIG_3TIER.is_file():
+        three = AppArgs.from_serve_config(SERVE_CONFIG_3TIER)
+        if three.router.threshold != args.router.threshold:
+            raise ValueError(
+                f"{SERVE_CONFIG_3TIER.name} and {SERVE_CONFIG.name} must share a router "
+                f"threshold for one artifact to serve both ({three.router.threshold} vs "
+                f"{args.router.threshold})"
+            )
+        args = three
+    return args
+
+
+def fit_tier_estimator(fit: EvalSplit, tier: str) -> QualityEstimator:
+    """P(`tier`'s answer is wrong), fitted on that tier's answers of the fit split."""
+    return QualityEstimator.fit(
+        fit.features[tier], ~fit.correct[tier], fit.feature_names, fit_split=fit.split
+    )
+
+
+def build_zoo_calibration(
+    root: Path,
+    mode: str = DEFAULT_MODE,
+    alpha: float = DEFAULT_ALPHA,
+    seed: int = 0,
+    n_fit: int = 1000,
+    n_cal: int = 2000,
+) -> CascadeArtifact:
+    """Fit each tier's quality estimator on the validation split and calibrate its threshold
+    on the calibration queries that reach it under the served policy (lower tiers first, so
+    a tier's population is known before its own threshold); save `root/calibration.json`."""
+    root = Path(root)
+    policy = calibration_ladder(root).policy()
+    names, top = policy.tier_names, policy.tier_names[-1]
+    fit = load_split("validation", n_fit, seed, root=root, tiers=names, router=None)
+    cal = load_split("calibration", n_cal, seed, root=root, tiers=names)
+    done: dict[str, CascadeCalibration] = {}
+    for t, name in enumerate(names[:-1]):
+        so_far = CascadeArtifact(tiers=done) if done else None
+        here = replay_served(policy, so_far, cal, upto=t).reached[name]
+        scorer = fit_tier_estimator(fit, name)
+        scores = scorer.score_many(cal.features[name][here], cal.feature_names)
+        res = calibrate(
+            mode,
+            scores,
+            alpha,
+            wrong=~cal.correct[name][here],
+            strong_right=cal.correct[top][here],
+        )
+        model = ModelIdentity(
+            name=f"zoo:{name}", path=str(root / name), fingerprint=model_fingerprint(root / name)
+        )
+        where = f"calibration seed={seed}: {int(here.sum())} of {cal.n} queries reach {name}"
+        done[name] = CascadeCalibration.from_result(
+            res, scorer, cal.feedback, model, f"{where}; fit: validation n={n_fit}"
+        )
+    artifact = CascadeArtifact(
+        tiers=done,
+        population=f"calibration queries the served router (+ confidence head, threshold "
+        f"{policy.router_threshold:g}) and policy send to each tier; ladder {names}",
+    )
+    artifact.save(root / CALIBRATION_FILE)
+    return artifact
+
+
+def build_derived(root: Path, seed: int = 0) -> dict:
+    """Both derived artifacts, head first (the calibration population depends on the head's
+    confidence); returns what the manifest records about them."""
+    from offline.head.fitting import train_default_head
+
+    t0 = time.time()
+    head = train_default_head(root, seed=seed)
+    t_head = time.time() - t0
+    artifact = build_zoo_calibration(root, seed=seed)
+    tiers = {
+        name: {
+            "mode": c.mode,
+            "alpha": c.alpha,
+            "threshold": c.threshold,
+            "n": c.n_calibration,
+        }
+        for name, c in artifact.tiers.items()
+    }
+    return {
+        "version": DERIVED_VERSION,
+        "calibration": {
+            "tiers": tiers,
+            "seconds": round(time.time() - t0 - t_head, 1),
+        },
+        "confidence_head": {k: head[k] for k in ("method", "seconds") if k in head},
+    }
