@@ -141,9 +141,7 @@ class CascadeRun:
             )
             floor = None  # the router decided; the floor did not matter
         elif floor is not None and floor > 0:
-            reasons.append(
-                f"started at {policy.tiers[start].name}: task floor for {task_type!r}"
-            )
+            reasons.append(f"started at {policy.tiers[start].name}: task floor for {task_type!r}")
         floor_name = policy.tiers[floor].name if floor is not None and floor > 0 else None
         return cls(policy, start, reasons=reasons, task_floor=floor_name)
 

@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import chain
 from operator import itemgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
     from calibration.generation import Generation
-    from calibration.scores import Scorer
 
 __all__ = [
     "DEFAULT_LOW_CONFIDENCE_LOGPROB",
@@ -47,6 +46,14 @@ __all__ = [
     "signal",
     "token_entropy",
 ]
+
+
+class _Scores(Protocol):
+    """What `signal` needs of a scorer (`calibration.scores.Scorer`, which builds on this
+    module's features, so it is named here structurally rather than imported)."""
+
+    def score(self, features: Mapping[str, float]) -> float: ...
+
 
 # A token the model gave less than even odds: another token had comparable mass.
 DEFAULT_LOW_CONFIDENCE_LOGPROB = math.log(0.5)
@@ -320,7 +327,7 @@ def _diagnostics(features: Mapping[str, float], config: FeedbackConfig) -> list[
 
 def signal(
     generation: Generation | None,
-    scorer: Scorer,
+    scorer: _Scores,
     threshold: float,
     config: FeedbackConfig | None = None,
     *,

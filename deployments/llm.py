@@ -25,7 +25,8 @@ from typing import Any
 
 from ray import serve
 
-from models.engine import Engine, Generation, SamplingSettings, load_engine
+from models.engine import Engine, Generation, SamplingSettings
+from models.loading import load_engine
 
 __all__ = ["LLMTier", "TierInputError", "TierRequest"]
 

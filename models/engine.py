@@ -13,7 +13,6 @@ from typing import Literal, Protocol, runtime_checkable
 
 from calibration.generation import FinishReason, Generation
 
-
 __all__ = [
     "GREEDY_TEMPERATURE",
     "Engine",
@@ -22,7 +21,6 @@ __all__ = [
     "FinishReason",
     "Generation",
     "SamplingSettings",
-    "load_engine",
 ]
 
 
@@ -81,27 +79,3 @@ class Engine(Protocol):
 
 
 EngineKind = Literal["auto", "transformers", "vllm"]
-
-
-def load_engine(kind: EngineKind, model: str, **kwargs) -> Engine:
-    """Build an engine for a model name ('zoo:cheap', a hub id or a path).
-
-    `auto` picks vLLM when it can be imported, else transformers; callers log `engine.name` so
-    the choice is visible at start-up.
-    """
-    from models.zoo import resolve
-
-    path = resolve(model)
-    if kind == "auto":
-        from models.vllm_engine import vllm_available
-
-        kind = "vllm" if vllm_available() else "transformers"
-    if kind == "vllm":
-        from models.vllm_engine import VLLMEngine
-
-        return VLLMEngine(path, **kwargs)
-    if kind == "transformers":
-        from models.hf_engine import HFEngine
-
-        return HFEngine(path, **kwargs)
-    raise ValueError(f"unknown engine {kind!r}; choose auto, transformers or vllm")

@@ -1,7 +1,7 @@
 """The evaluation and the conformal check on the real zoo, with small n (< 90 s).
 
-Not skipped: a module fixture calls `models.zoo.ensure_zoo()`, which returns at once when the
-zoo is built (CI builds it first, `make zoo`) and builds it, once and locked, when it is not.
+Not skipped: the session's `zoo` fixture returns at once when the zoo is built (CI builds it
+first, `make zoo`) and builds it, once and locked, when it is not.
 The answers are cached in a temporary folder, so this measures generation too.
 """
 
@@ -11,17 +11,13 @@ import json
 
 import pytest
 
-from calibration.__main__ import main
-from calibration.policy import policy_from_serve_config
+from calibration.config import AppArgs
+from offline.cli import main
 
 
 @pytest.fixture(scope="module", autouse=True)
-def built_zoo():
-    from models.zoo import _manifest, ensure_zoo
-
-    root = ensure_zoo()
-    assert _manifest(root) is not None  # built, and of the current zoo version
-    return root
+def built_zoo(zoo):
+    return zoo
 
 
 N = ["--n", "200", "--n-cal", "300", "--n-fit", "300"]
@@ -41,15 +37,31 @@ def test_evaluate_on_the_zoo(tmp_path, capsys):
     assert s["strong_accuracy"] > s["weak_accuracy"]  # the zoo's premise
     assert s["oracle"]["apgr"] >= s["apgr"] > 0.5  # better than random, below the oracle
     # priced as serving prices (serve_config.yaml), reported relative to always-strong
-    serving = policy_from_serve_config()
+    serving = AppArgs.from_serve_config().policy()
     assert s["tiers"] == [t.model_dump() for t in serving.tiers]
     assert s["always_strong_cost"] == pytest.approx(1.0)
     assert s["always_strong_cost_raw"] == pytest.approx(serving.tiers[-1].cost_per_request)
     assert {"conformal:risk+router", "heuristic+router"} <= {p["family"] for p in out["strategies"]}
     assert s["best_conformal"] is None or s["best_conformal"]["cost"] <= 0.5 + 1e-12
+    # the served policy (serve_config.yaml + the zoo's artifact), fixed before the test split
+    served = s["served"]
+    assert served["name"] == "served" and 0 < served["cost"] < 1
+    assert served["accuracy"] > s["weak_accuracy"]
+    guarantee = served["params"]["guarantee"]["cheap"]
+    assert guarantee["mode"] == "risk" and guarantee["target"] == "<= 0.02"
+    assert 0 <= guarantee["realised"] <= 0.1 and guarantee["n"] > 0
+    # the 3-tier table: every tier always, the served 3-tier policy, and the oracle
+    three = out["three_tier"]
+    assert three["tiers"] == ["cheap", "mid", "strong"]
+    rows = {r["name"]: r for r in three["rows"]}
+    assert set(rows) == {"always_cheap", "always_mid", "always_strong", "served", "oracle"}
+    assert rows["always_cheap"]["accuracy"] < rows["always_mid"]["accuracy"]
+    assert rows["always_strong"]["cost"] == pytest.approx(1.0)
+    assert rows["oracle"]["cost"] <= rows["served"]["cost"] + 1e-9
+    assert set(three["served_guarantee"]) == {"cheap", "mid"}
     # the cache makes a second run replay without generating
     cached = sorted((tmp_path / "cache").glob("answers-*.json"))
-    assert len(cached) == 6  # 2 tiers x 3 splits
+    assert len(cached) == 7  # 2 tiers x 3 splits, and the middle tier on the test split
 
 
 @pytest.mark.parametrize("mode", ["budget", "recall", "risk"])
@@ -59,6 +71,6 @@ def test_conformal_check_on_the_zoo(tmp_path, capsys, mode):
     assert main([*args, "--out", str(art)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["check"]["holds"], out["check"]
-    from calibration.artifact import CascadeCalibration
+    from calibration.artifact import load_artifact
 
-    assert CascadeCalibration.load(art).model.name == "zoo:cheap"
+    assert load_artifact(art, ["cheap", "strong"]).for_tier("cheap").model.name == "zoo:cheap"

@@ -4,36 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from calibration.artifact import CascadeCalibration
+from calibration.config import AppArgs
 from offline.expected_routes import compare, expected_routes
-from calibration.policy import policy_from_serve_config, start_tier
-from models.tasks import sample
-from models.zoo import calibration_path
 
 
 @pytest.fixture(scope="module")
 def routes(zoo):
-    tasks = sample("test", 40, seed=11)
-    policy = policy_from_serve_config()
-    cal = CascadeCalibration.load(calibration_path(zoo))
-    out = expected_routes(
-        tasks,
-        policy=policy,
-        calibration=cal,
-        tier_dirs={"cheap": zoo / "cheap", "strong": zoo / "strong"},
-        router_dir=zoo / "router",
-        split="test",
-        seed=11,
-    )
-    return tasks, policy, out
+    app = AppArgs.from_serve_config()
+    tasks, out = expected_routes(app, "test", 11, 40, root=zoo)
+    return tasks, app.policy(), out
 
 
 def test_routes_follow_the_router_and_the_ladder(routes):
     tasks, policy, out = routes
     assert len(out) == len(tasks)
     for r in out:
-        start = start_tier(
-            policy, router_policy=r.router_policy, router_confidence=r.router_confidence
+        start = policy.start_tier(
+            router_policy=r.router_policy, router_confidence=r.router_confidence
         )
         assert policy.index(r.tiers_visited[0]) == start
         assert r.final_tier in policy.tier_names and len(r.tiers_visited) <= 2

@@ -2,8 +2,9 @@ import asyncio
 
 import pytest
 
-from models.engine import EngineError, Generation, SamplingSettings, load_engine
+from models.engine import EngineError, Generation, SamplingSettings
 from models.hf_engine import HFEngine
+from models.loading import load_engine
 from models.tasks import sample
 from tests.engine_checks import assert_matches_forward_pass
 

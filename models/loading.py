@@ -1,0 +1,35 @@
+"""load_engine: from a configured model name and engine kind to a running Engine.
+
+Apart from `models.engine` (the contract every backend implements), so the backends import the
+contract and this module imports the backends, never the other way round.
+"""
+
+from __future__ import annotations
+
+from models.engine import Engine, EngineKind
+
+__all__ = ["load_engine"]
+
+
+def load_engine(kind: EngineKind, model: str, **kwargs) -> Engine:
+    """Build an engine for a model name ('zoo:cheap', a hub id or a path).
+
+    `auto` picks vLLM when it can be imported, else transformers; callers log `engine.name` so
+    the choice is visible at start-up.
+    """
+    from models.zoo import resolve
+
+    path = resolve(model)
+    if kind == "auto":
+        from models.vllm_engine import vllm_available
+
+        kind = "vllm" if vllm_available() else "transformers"
+    if kind == "vllm":
+        from models.vllm_engine import VLLMEngine
+
+        return VLLMEngine(path, **kwargs)
+    if kind == "transformers":
+        from models.hf_engine import HFEngine
+
+        return HFEngine(path, **kwargs)
+    raise ValueError(f"unknown engine {kind!r}; choose auto, transformers or vllm")
