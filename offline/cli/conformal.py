@@ -76,13 +76,7 @@ def _text(r: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from calibration.artifact import CascadeCalibration, ModelIdentity
-    from calibration.conformal import calibrate, empirical, trials
-    from calibration.scores import SeedHeuristicScorer, get_scorer
-    from offline.evaluate import fit_quality_estimator, replay
-    from offline.replay import load_split, model_fingerprint
+    from offline.replay import load_split
 
     if not 0 < args.alpha < 1:
         raise SystemExit(f"--alpha must be in (0, 1), got {args.alpha}")
@@ -94,70 +88,8 @@ def run(args: argparse.Namespace) -> int:
     log(f"answers: calibration n={args.n_cal}, test n={args.n}, seed {args.seed} (cached)")
     cal = load_split("calibration", args.n_cal, args.seed, root=root, tiers=tiers, router=None)
     test = load_split("test", args.n, args.seed, root=root, tiers=tiers, router=None)
-    if args.mode == "heuristic":
-        scorer = SeedHeuristicScorer()
-    elif args.scorer == "quality_estimator":
-        log(f"fitting the quality estimator on {args.fit_split} n={args.n_fit}")
-        fit = load_split(args.fit_split, args.n_fit, args.seed, root=root, tiers=tiers, router=None)
-        scorer = fit_quality_estimator(fit)
-    else:
-        scorer = get_scorer(args.scorer)
-    model = ModelIdentity(
-        name=f"zoo:{tiers[0]}",
-        path=str(root / tiers[0]),
-        fingerprint=model_fingerprint(root / tiers[0]),
-    )
-
-    def scores(d):
-        return scorer.score_many(d.features[tiers[0]], d.feature_names)
-
-    pool_s = np.concatenate([scores(cal), scores(test)])
-    pool_w = np.concatenate([cal.wrong, test.wrong])
-    pool_r = np.concatenate([cal.strong_right, test.strong_right])
-    if args.mode == "heuristic":
-        artifact = CascadeCalibration.heuristic(model, n_calibration=0)
-        check = {
-            m: empirical(m, pool_s, artifact.threshold, pool_w, pool_r)
-            for m in ("budget", "recall", "risk")
-        }
-        check = {
-            "escalation_rate": check["budget"],
-            "recall": check["recall"],
-            "risk": check["risk"],
-            "n": len(pool_s),
-        }
-    else:
-        res = calibrate(
-            args.mode, scores(cal), args.alpha, wrong=cal.wrong, strong_right=cal.strong_right
-        )
-        artifact = CascadeCalibration.from_result(
-            res, scorer, cal.feedback, model, f"calibration seed={args.seed} n={args.n_cal}"
-        )
-        log(f"checking over {args.trials} random partitions")
-        check = trials(
-            args.mode,
-            pool_s,
-            args.alpha,
-            wrong=pool_w,
-            strong_right=pool_r,
-            n_trials=args.trials,
-            calibration_fraction=args.calibration_fraction,
-            seed=args.seed,
-        ).as_dict()
-    escalate = {
-        t: scorer.score_many(test.features[t], test.feature_names) > artifact.threshold
-        for t in tiers[:-1]
-    }
-    acc, cost, esc, strong = replay(policy, test, escalate)
-    _, strong_cost, _, _ = replay(policy, test, {}, np.full(test.n, policy.top))
-    on_test = {
-        "accuracy": acc,
-        "cost_vs_always_strong": cost / strong_cost if strong_cost else cost,
-        "escalation_rate": esc,
-        "strong_share": strong,
-        "weak_accuracy": float(test.correct[tiers[0]].mean()),
-        "strong_accuracy": float(test.strong_right.mean()),
-    }
+    scorer = _scorer(args, root, tiers)
+    artifact, check = _calibrate_and_check(args, root, scorer, cal, test)
     result = {
         "mode": args.mode,
         "alpha": None if args.mode == "heuristic" else args.alpha,
@@ -166,10 +98,101 @@ def run(args: argparse.Namespace) -> int:
         "n_calibration": artifact.n_calibration,
         "scorer": artifact.scorer.name,
         "check": check,
-        "on_test": on_test,
+        "on_test": _on_test(policy, scorer, artifact.threshold, test),
         "policy_source": describe_policy(args),
     }
     if args.out is not None:
         result["artifact"] = str(artifact.save(args.out))
     emit(result, args.json, _text(result))
     return 0
+
+
+def _scorer(args: argparse.Namespace, root: Path, tiers: tuple[str, ...]):
+    """The nonconformity score: the seed's heuristic, the fitted quality estimator, or a
+    registered single feature."""
+    from calibration.scores import SeedHeuristicScorer, get_scorer
+    from offline.evaluate import fit_quality_estimator
+    from offline.replay import load_split
+
+    if args.mode == "heuristic":
+        return SeedHeuristicScorer()
+    if args.scorer != "quality_estimator":
+        return get_scorer(args.scorer)
+    log(f"fitting the quality estimator on {args.fit_split} n={args.n_fit}")
+    fit = load_split(args.fit_split, args.n_fit, args.seed, root=root, tiers=tiers, router=None)
+    return fit_quality_estimator(fit)
+
+
+def _calibrate_and_check(args: argparse.Namespace, root: Path, scorer, cal, test):
+    """The cheapest tier's artifact (from the calibration split) and the check of its
+    guarantee on random partitions of calibration + test (for the heuristic: the measured
+    quantities, no guarantee)."""
+    import numpy as np
+
+    from calibration.artifact import CascadeCalibration, ModelIdentity
+    from calibration.conformal import calibrate, empirical, trials
+    from offline.replay import model_fingerprint
+
+    first = cal.tiers[0]
+    model = ModelIdentity(
+        name=f"zoo:{first}", path=str(root / first), fingerprint=model_fingerprint(root / first)
+    )
+
+    def scores(d):
+        return scorer.score_many(d.features[first], d.feature_names)
+
+    pool_s = np.concatenate([scores(cal), scores(test)])
+    pool_w = np.concatenate([cal.wrong, test.wrong])
+    pool_r = np.concatenate([cal.strong_right, test.strong_right])
+    if args.mode == "heuristic":
+        artifact = CascadeCalibration.heuristic(model, n_calibration=0)
+        measured = {
+            m: empirical(m, pool_s, artifact.threshold, pool_w, pool_r)
+            for m in ("budget", "recall", "risk")
+        }
+        return artifact, {
+            "escalation_rate": measured["budget"],
+            "recall": measured["recall"],
+            "risk": measured["risk"],
+            "n": len(pool_s),
+        }
+    res = calibrate(
+        args.mode, scores(cal), args.alpha, wrong=cal.wrong, strong_right=cal.strong_right
+    )
+    artifact = CascadeCalibration.from_result(
+        res, scorer, cal.feedback, model, f"calibration seed={args.seed} n={args.n_cal}"
+    )
+    log(f"checking over {args.trials} random partitions")
+    check = trials(
+        args.mode,
+        pool_s,
+        args.alpha,
+        wrong=pool_w,
+        strong_right=pool_r,
+        n_trials=args.trials,
+        calibration_fraction=args.calibration_fraction,
+        seed=args.seed,
+    ).as_dict()
+    return artifact, check
+
+
+def _on_test(policy, scorer, threshold: float, test) -> dict:
+    """The cascade with this threshold at every tier below the top, replayed on test."""
+    import numpy as np
+
+    from offline.evaluate import replay
+
+    escalate = {
+        t: scorer.score_many(test.features[t], test.feature_names) > threshold
+        for t in test.tiers[:-1]
+    }
+    acc, cost, esc, strong = replay(policy, test, escalate)
+    _, strong_cost, _, _ = replay(policy, test, {}, np.full(test.n, policy.top))
+    return {
+        "accuracy": acc,
+        "cost_vs_always_strong": cost / strong_cost if strong_cost else cost,
+        "escalation_rate": esc,
+        "strong_share": strong,
+        "weak_accuracy": float(test.correct[test.tiers[0]].mean()),
+        "strong_accuracy": float(test.strong_right.mean()),
+    }
