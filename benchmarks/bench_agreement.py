@@ -63,9 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     app = AppArgs.from_serve_config(a.config)
     tasks, expected = offline(app, a.n, a.split, a.seed)
     started = (
-        contextlib.nullcontext((a.url, None))
-        if a.url
-        else running_app(app, wait_s=400, quiet=True)
+        contextlib.nullcontext((a.url, None)) if a.url else running_app(app, wait_s=400, quiet=True)
     )
     with started as (base, _):
         served = asyncio.run(serve_all(base, tasks))

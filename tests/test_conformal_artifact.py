@@ -10,8 +10,8 @@ import pytest
 
 from calibration.artifact import CascadeCalibration, ModelIdentity
 from calibration.conformal import calibrate
-from offline.evaluate import fit_quality_estimator
 from calibration.scores import ScorerSpec
+from offline.evaluate import fit_quality_estimator
 from offline.synthetic import random_generation, synthetic_split
 
 MODEL = ModelIdentity(name="zoo:cheap", path="/tmp/zoo/cheap", fingerprint="abc123")

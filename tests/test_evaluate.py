@@ -14,6 +14,7 @@ import offline.cli.evaluate as evaluate_cmd
 import offline.replay as replay_mod
 from calibration.__main__ import main
 from calibration.conformal import calibrate
+from calibration.policy import CascadePolicyConfig, TierConfig
 from offline.curves import apgr, close_curve, cpt, optimal_curve, pgr
 from offline.evaluate import (
     EvalSettings,
@@ -24,7 +25,6 @@ from offline.evaluate import (
     router_conformal_thresholds,
     router_start,
 )
-from calibration.policy import CascadePolicyConfig, TierConfig
 from offline.replay import (
     RouterRows,
     _from_json,

@@ -20,8 +20,8 @@ from calibration.feedback import (
     token_entropy,
 )
 from calibration.scores import get_scorer
-from offline.synthetic import make_generation, random_generation
 from models.engine import Generation
+from offline.synthetic import make_generation, random_generation
 
 LN = math.log
 

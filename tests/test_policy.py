@@ -7,8 +7,8 @@ import threading
 import pytest
 from pydantic import ValidationError
 
-from calibration.feedback import TierSignal
 from calibration.cascade import CascadeStats, run_cascade
+from calibration.feedback import TierSignal
 from calibration.policy import (
     CascadePolicyConfig,
     TierConfig,

@@ -14,10 +14,10 @@ import pytest
 from openai import BadRequestError, OpenAI
 
 from benchmarks.bench_agreement import offline, serve_all
-from offline.expected_routes import compare
 from calibration.config import AppArgs
 from deployments.local import running_app
 from models.tasks import judge, sample
+from offline.expected_routes import compare
 
 pytestmark = pytest.mark.slow
 
