@@ -29,8 +29,12 @@ endif
 
 install: $(STAMP)
 
+# Trains only the zoo models that are missing or whose recipe changed (a zoo from before `mid`
+# gains just mid), then the derived artifacts if stale; `make zoo ZOO_ARGS=--force` retrains all.
+# Same as `python -m models.zoo build`; $CASCADE_ZOO_DIR picks another folder.
+ZOO_ARGS ?=
 zoo: install
-	$(PY) -m models.zoo build
+	$(PY) -m offline.zoo_cli build $(ZOO_ARGS)
 
 serve: zoo
 	@test -f serve_config.yaml || { echo "serve_config.yaml is not there yet (it comes with the Ray Serve graph); the zoo is built."; exit 1; }
@@ -49,5 +53,6 @@ test: lint zoo
 bench: zoo
 	$(PY) -m benchmarks
 
+# Deletes the whole zoo (a full rebuild takes minutes); to retrain one model, change its spec.
 clean-zoo:
 	$(PY) -c "import shutil, models.zoo as z; shutil.rmtree(z.zoo_dir(), ignore_errors=True)"

@@ -35,6 +35,7 @@ __all__ = [
     "ZooNotBuiltError",
     "ZooStaleError",
     "answer_queries",
+    "build_command",
     "calibration_path",
     "read_manifest",
     "require_zoo",

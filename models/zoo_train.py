@@ -8,8 +8,9 @@ The LMs learn next-token prediction on fresh train-split queries every step; the
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
@@ -25,16 +26,42 @@ from models.oracle import Policy, true_policy
 from models.tasks import ALPHABET, Task, judge, stream
 from models.zoo import CHAT_TEMPLATE, POLICY_LABELS, answer_queries
 
-if TYPE_CHECKING:  # the specs live with the zoo recipe, which imports this module
-    from models.zoo_build import LMSpec, RouterSpec
-
 __all__ = [
     "TRAIN_MIX",
+    "LMSpec",
+    "RouterSpec",
     "build_tokenizer",
     "policy_labels",
     "train_lm",
     "train_router",
 ]
+
+
+@dataclass(frozen=True)
+class LMSpec:
+    """Size and training budget of one zoo LM. head_dim 32: vLLM's CPU attention needs >= 32."""
+
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    steps: int
+    batch: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    """The router's size and training; its labels come from the cheap and strong LMs."""
+
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    intermediate: int = 256
+    label_queries: int = 4000  # train-split queries both LMs answer to make the router's labels
+    epochs: int = 6
+    batch: int = 128
+    lr: float = 2e-3
 
 
 # Training weights per family: the LMs learn max and rev fast and add/sub slowly, so the

@@ -4,7 +4,7 @@
 the offline layer (`offline.zoo_artifacts`: the cheap tier's conformal calibration artifact and
 the router's confidence head). `ensure_zoo` runs both under the zoo's lock, so concurrent first
 uses build once, and re-derives only when the derived artifacts are older than the code
-(`DERIVED_VERSION`) or than a model they were derived from.
+(`DERIVED_VERSION`) or were made from other models than the zoo has now.
 
     python -m models.zoo build [--dir DIR] [--force]     # or `make zoo`
     python -m models.zoo report --split test --seed 1 --json
@@ -28,16 +28,18 @@ __all__ = ["ensure_zoo", "main", "report"]
 
 
 def _derived_current(manifest: dict[str, Any] | None) -> bool:
-    """Derived artifacts of this code's version, made from the models the zoo has now."""
+    """Derived artifacts of this code's version, made from exactly the models the zoo has now:
+    a retrained model, or a new one (a zoo gaining `mid` gains a tier to calibrate), re-derives
+    them (seconds, against minutes for any model)."""
     from offline.zoo_artifacts import DERIVED_VERSION  # heavy (calibration, sklearn): lazy
 
     if manifest is None or (manifest.get("derived") or {}).get("version") != DERIVED_VERSION:
         return False
-    made_from = manifest.get("derived_from") or {}
-    models = manifest.get("models") or {}
-    return bool(made_from) and all(
-        (models.get(name) or {}).get("key") == key for name, key in made_from.items()
-    )
+    return manifest.get("derived_from") == _model_keys(manifest)
+
+
+def _model_keys(manifest: dict[str, Any]) -> dict[str, str]:
+    return {name: rec["key"] for name, rec in (manifest.get("models") or {}).items()}
 
 
 def _complete(root: Path, spec: ZooSpec, derived: bool) -> bool:
@@ -74,7 +76,7 @@ def _derive(root: Path, spec: ZooSpec, manifest: dict[str, Any]) -> None:
     print("deriving the calibration artifact and the confidence head", flush=True)
     t0 = time.time()
     manifest["derived"] = build_derived(root, seed=spec.seed)
-    manifest["derived_from"] = {name: rec["key"] for name, rec in manifest["models"].items()}
+    manifest["derived_from"] = _model_keys(manifest)
     manifest.setdefault("seconds", {})["derived"] = round(time.time() - t0, 1)
     write_manifest(root, manifest)
 

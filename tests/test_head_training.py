@@ -7,7 +7,7 @@ import torch
 
 import offline.head.fitting as hf
 from models.router_model import ConfidenceHead, ConfidenceHeadConfig, RouterWithHead
-from models.zoo import ensure_zoo
+from models.zoo_build import ensure_models
 from offline.head.fitting import fit_head, train_default_head
 from offline.head.labels import LabelRecord, LabelSet
 from offline.head.metrics import ece
@@ -186,7 +186,8 @@ def test_bad_inputs_raise_clear_errors(sft_head, data):
 
 
 def test_train_default_head_saves_a_head_the_router_serves(tmp_path, monkeypatch, tiny_zoo_spec):
-    root = ensure_zoo(tmp_path / "zoo", tiny_zoo_spec)
+    root = tmp_path / "zoo"
+    ensure_models(root, tiny_zoo_spec)
     monkeypatch.setattr(hf, "DEFAULT_LABELS", {"calibration": 300, "validation": 150})
     summary = train_default_head(root, seed=0)
     assert summary["method"] == "sft_rl_log" and summary["seconds"] > 0

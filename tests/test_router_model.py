@@ -15,7 +15,6 @@ from models.router_model import (
     router_checksum,
 )
 from models.tasks import sample
-from models.zoo import route_probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,10 +75,21 @@ def test_head_load_errors(tmp_path):
         ConfidenceHead.load(tmp_path)
 
 
+@torch.no_grad()
+def _classifier_p_complex(router_dir, prompts):
+    """The checkpoint's own classifier, in one padded batch: what RouterWithHead must match."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(router_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(router_dir).eval()
+    logits = model(**tok(prompts, return_tensors="pt", padding=True)).logits
+    return logits.softmax(-1)[:, model.config.label2id["complex"]]
+
+
 def test_router_matches_the_classifier_and_falls_back_to_max_probability(tiny_zoo, prompts):
     router = RouterWithHead(tiny_zoo / "router", batch_size=3)  # uneven batches, padding
     out = router(prompts)
-    ref = torch.tensor(route_probabilities(tiny_zoo / "router", prompts))
+    ref = _classifier_p_complex(tiny_zoo / "router", prompts)
     assert torch.allclose(out.probabilities[:, 1], ref, atol=1e-6)
     assert out.hidden.shape == (20, router.model.config.hidden_size)
     assert torch.allclose(router.model.score(out.hidden), out.logits, atol=1e-6)

@@ -230,7 +230,7 @@ def test_a_lost_model_folder_is_retrained(tiny, tmp_path, monkeypatch, trained):
     assert trained == ["strong"]
 
 
-def test_derived_artifacts_are_remade_only_when_their_models_change(tiny, tmp_path, monkeypatch):
+def test_derived_artifacts_are_remade_when_the_models_change_only(tiny, tmp_path, monkeypatch):
     import offline.zoo_artifacts as za
 
     calls: list[Path] = []
@@ -248,9 +248,13 @@ def test_derived_artifacts_are_remade_only_when_their_models_change(tiny, tmp_pa
     assert manifest["seconds"]["total"] >= manifest["seconds"]["models"]
     ensure_zoo(root, replace(TINY, cheap=replace(TINY.cheap, steps=4)), derived=True)
     assert len(calls) == 2
-    _as_version_1(root)  # a version-1 zoo derived its artifacts before mid: adding mid keeps them
+    _as_version_1(root)  # artifacts derived before mid existed: adding mid re-derives them
     old = json.loads((root / "manifest.json").read_text())
     old["derived"] = manifest["derived"]
     (root / "manifest.json").write_text(json.dumps(old))
-    ensure_zoo(root, replace(TINY, cheap=replace(TINY.cheap, steps=4)), derived=True)
-    assert len(calls) == 2
+    spec = replace(TINY, cheap=replace(TINY.cheap, steps=4))
+    assert stale_models(root, spec) == ["mid"]
+    ensure_zoo(root, spec, derived=True)
+    assert len(calls) == 3
+    manifest = read_manifest(root)
+    assert set(manifest["derived_from"]) == set(ZOO_MODELS)
