@@ -163,19 +163,13 @@ class CascadeCalibration(BaseModel):
         )
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(indent=2) + "\n")
-        return path
+        return _write_json(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> CascadeCalibration:
         """Read and validate an artifact; errors name the file and the bad field."""
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text())  # Python's json reads Infinity
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read calibration artifact {path}: {e}") from e
+        raw = _read_json(path)
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
@@ -260,20 +254,14 @@ class CascadeArtifact(BaseModel):
         return self.model_copy(update={"tiers": tiers})
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(indent=2) + "\n")
-        return path
+        return _write_json(self, path)
 
 
 def load_artifact(path: str | Path, tiers: list[str]) -> CascadeArtifact:
     """Read a cascade artifact for the ladder `tiers`; a single-tier file (version 1)
     calibrates the cheapest tier. Errors name the file and what is wrong."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())  # Python's json reads Infinity
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read calibration artifact {path}: {e}") from e
+    raw = _read_json(path)
     try:
         if isinstance(raw, dict) and "tiers" in raw:
             return CascadeArtifact.model_validate(raw)
@@ -281,3 +269,17 @@ def load_artifact(path: str | Path, tiers: list[str]) -> CascadeArtifact:
     except ValidationError as e:
         raise ValueError(f"invalid calibration artifact {path}: {e}") from e
     return CascadeArtifact(tiers={tiers[0]: single}, population=single.calibration_split)
+
+
+def _write_json(model: BaseModel, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(model.model_dump_json(indent=2) + "\n")
+    return path
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())  # Python's json reads Infinity
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read calibration artifact {path}: {e}") from e

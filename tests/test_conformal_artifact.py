@@ -110,3 +110,45 @@ def test_unknown_scorer_in_artifact():
         CascadeCalibration(
             scorer={"name": "magic"}, mode="budget", alpha=0.1, threshold=0, model=MODEL
         )
+
+
+# --- the per-tier container --------------------------------------------------------------------
+
+
+def _tier(threshold: float, name: str = "zoo:cheap") -> CascadeCalibration:
+    return CascadeCalibration(
+        scorer=ScorerSpec(name="neg_mean_logprob"),
+        mode="risk",
+        alpha=0.02,
+        threshold=threshold,
+        model=ModelIdentity(name=name),
+    )
+
+
+def test_cascade_artifact_round_trip_and_per_tier_signals(tmp_path):
+    from calibration.artifact import CascadeArtifact, load_artifact
+
+    art = CascadeArtifact(tiers={"cheap": _tier(0.5), "mid": _tier(0.1, "zoo:mid")})
+    back = load_artifact(art.save(tmp_path / "a.json"), ["cheap", "mid", "strong"])
+    assert back == art
+    g = random_generation(np.random.default_rng(1), 6, sharpness=1.0)
+    cheap, mid = back.signal("cheap", g), back.signal("mid", g)
+    assert cheap.score == mid.score and (cheap.threshold, mid.threshold) == (0.5, 0.1)
+    back.check_covers(["cheap", "mid", "strong"])
+    with pytest.raises(ValueError, match=r"no threshold for tiers \['mid2'\]"):
+        back.check_covers(["cheap", "mid2", "strong"])
+    with pytest.raises(KeyError, match="no threshold for tier 'nope'"):
+        back.with_thresholds({"nope": 1.0})
+    moved = back.with_thresholds({"mid": 0.3})
+    assert moved.for_tier("mid").threshold == 0.3 and moved.for_tier("cheap").threshold == 0.5
+
+
+def test_a_single_tier_file_calibrates_the_cheapest_tier(tmp_path):
+    from calibration.artifact import load_artifact
+
+    path = _tier(0.25).save(tmp_path / "single.json")
+    art = load_artifact(path, ["small", "big"])
+    assert list(art.tiers) == ["small"] and art.for_tier("small").threshold == 0.25
+    (tmp_path / "bad.json").write_text('{"tiers": {}}')
+    with pytest.raises(ValueError, match="invalid calibration artifact"):
+        load_artifact(tmp_path / "bad.json", ["small", "big"])
