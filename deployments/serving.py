@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from calibration.artifact import CascadeArtifact, ModelIdentity, load_artifact
@@ -47,17 +46,9 @@ def load_calibration(args: AppArgs) -> CascadeArtifact:
             {t.name: ModelIdentity(name=t.model) for t in args.tiers[:-1]}
         )
     else:
-        path = cal.file
-        if path == "zoo":
-            from models.zoo import calibration_path
+        from models.zoo import resolve_artifact
 
-            path = str(calibration_path())
-        if not Path(path).is_file():
-            raise FileNotFoundError(
-                f"calibration file {path!r} not found; run `python -m calibration conformal "
-                f"--out {path}` or set calibration.file: null for the heuristic thresholds"
-            )
-        artifact = load_artifact(path, names)
+        artifact = load_artifact(resolve_artifact(cal.file), names)
     artifact = artifact.with_thresholds(args.threshold_overrides())
     artifact.check_covers(names)
     return artifact

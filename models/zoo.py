@@ -40,6 +40,7 @@ __all__ = [
     "read_manifest",
     "require_zoo",
     "resolve",
+    "resolve_artifact",
     "zoo_dir",
 ]
 
@@ -144,6 +145,20 @@ def calibration_path(root: Path | str | None = None) -> Path:
         raise ZooNotBuiltError(
             f"the zoo at {folder} has no {CALIBRATION_FILE} (derived artifacts not built); "
             f"build them with {build_command(folder)}"
+        )
+    return path
+
+
+def resolve_artifact(file: str, root: Path | str | None = None) -> Path:
+    """A config's `calibration.file`: 'zoo' is the zoo's artifact (under `root`, default the
+    zoo folder; raises when not built), anything else a path, which must exist."""
+    if file == "zoo":
+        return calibration_path(root)
+    path = Path(file)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"calibration file {file!r} not found; run `python -m calibration conformal "
+            f"--out {file}` or set calibration.file: null for the heuristic thresholds"
         )
     return path
 

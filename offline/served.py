@@ -140,12 +140,11 @@ def _target(mode: str, alpha: float | None) -> str:
 
 def served_artifact_path(app, root=None):
     """The artifact file an application serves: its `calibration.file`, 'zoo' meaning the
-    zoo's (under `root`, default the zoo folder). None (the heuristic) has no file."""
-    from pathlib import Path
-
-    from models.zoo import zoo_dir
+    zoo's (under `root`, default the zoo folder; raises when it is not built). None (the
+    heuristic) has no file."""
+    from models.zoo import resolve_artifact
 
     file = app.calibration.file
     if file is None:
         raise ValueError("calibration.file is null (the heuristic limits): nothing to replay")
-    return Path(root or zoo_dir()) / "calibration.json" if file == "zoo" else Path(file)
+    return resolve_artifact(file, root)

@@ -20,6 +20,7 @@ from calibration.artifact import CascadeArtifact, CascadeCalibration, ModelIdent
 from calibration.config import SERVE_CONFIG, AppArgs
 from calibration.conformal import calibrate
 from calibration.scores import QualityEstimator
+from models.zoo import CALIBRATION_FILE
 from offline.replay import EvalSplit, load_split, model_fingerprint
 from offline.served import replay_served
 
@@ -37,7 +38,6 @@ __all__ = [
 # decides get a wrong answer accepted there that the top tier would have got right.
 DEFAULT_MODE = "risk"
 DEFAULT_ALPHA = 0.02
-CALIBRATION_FILE = "calibration.json"
 SERVE_CONFIG_3TIER = SERVE_CONFIG.with_name("serve_config.3tier.yaml")
 # Bumped whenever what is derived changes (3: one threshold per tier below the top, each on
 # the population the served router + head + policy send it; the head is trained first); a zoo

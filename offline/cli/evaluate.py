@@ -124,9 +124,10 @@ def _served(args: argparse.Namespace, root: Path, tiers: list[str]):
     if app.tier_names != tiers:
         log(f"no `served` strategy: the config's tiers {app.tier_names} are not {tiers}")
         return None
-    path = served_artifact_path(app, root)
-    if not path.is_file():
-        log(f"no `served` strategy: no calibration artifact at {path}")
+    try:
+        path = served_artifact_path(app, root)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        log(f"no `served` strategy: {e}")
         return None
     artifact = load_artifact(path, tiers)
     artifact.check_covers(tiers)
