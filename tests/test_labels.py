@@ -122,3 +122,29 @@ def test_oracle_matrix_from_json(tmp_path):
 def test_record_validates():
     with pytest.raises(ValueError):
         LabelRecord.model_validate({"query": "1+1", "router_policy": "cheap"})
+
+
+def test_labels_from_a_serve_config_use_its_router_and_ladder_ends(tiny_zoo, tmp_path, capsys):
+    """`--config`: the head is labelled for the router and tiers the config serves (resolved
+    as serving resolves them), here the tiny zoo's checkpoints named by path."""
+    from calibration.config import AppArgs
+    from offline.cli import main
+    from offline.head.labels import LabelModels, zoo_fingerprint
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        "applications:\n  - name: cascade\n    args:\n      tiers:\n"
+        f"        - {{name: small, model: {tiny_zoo / 'cheap'}}}\n"
+        f"        - {{name: middle, model: {tiny_zoo / 'mid'}}}\n"
+        f"        - {{name: big, model: {tiny_zoo / 'strong'}}}\n"
+        f"      router: {{model: {tiny_zoo / 'router'}}}\n"
+    )
+    models = LabelModels.of_config(AppArgs.from_serve_config(config))
+    assert models == LabelModels.of_zoo(tiny_zoo)  # the ladder's ends, not the middle tier
+    args = ["labels", "--config", str(config), "--split", "validation", "--n", "30"]
+    assert main([*args, "--seed", "4", "--out", str(tmp_path), "--json", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 30 and out["fingerprint"] == zoo_fingerprint(tiny_zoo)
+    config.write_text(config.read_text().replace(str(tiny_zoo / "router"), "/no/such/router"))
+    with pytest.raises(SystemExit, match="the router checkpoint /no/such/router"):
+        main([*args, "--out", str(tmp_path), "--json", "--quiet"])

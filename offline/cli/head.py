@@ -80,6 +80,13 @@ register = add_subcommands
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zoo", type=Path, default=None, help="zoo folder (default: the built zoo)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="a Ray Serve config (AppArgs): label and train for its router and its cheapest "
+        "and top tiers, resolved as serving resolves them (default: the zoo's router/cheap/strong)",
+    )
     p.add_argument("--out", type=Path, default=Path("artifacts"), help="artifacts folder")
     p.add_argument(
         "--oracle-matrix",
@@ -136,8 +143,9 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _zoo(args: argparse.Namespace) -> Path:
-    """The zoo folder; never built here (building the default zoo is `python -m models.zoo`)."""
+def _zoo(args: argparse.Namespace):
+    """The checkpoints to label with (`LabelModels`): the config's router and ladder ends with
+    --config, else the zoo folder's; the zoo is never built here (`python -m models.zoo`)."""
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -145,13 +153,29 @@ def _zoo(args: argparse.Namespace) -> Path:
 
     hf_logging.disable_progress_bar()  # per-chunk "Loading weights" bars; ours is enough
     torch.set_num_threads(max(1, args.threads))
+    from offline.head.labels import LabelModels
+
+    if args.config is not None:
+        from calibration.config import AppArgs
+
+        try:
+            models = LabelModels.of_config(AppArgs.from_serve_config(args.config))
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            raise SystemExit(f"cannot use --config {args.config}: {e}") from e
+        for name in ("router", "cheap", "strong"):
+            if not (getattr(models, name) / "config.json").is_file():
+                raise SystemExit(
+                    f"--config {args.config}: the {name} checkpoint {getattr(models, name)} "
+                    "has no config.json (labels need local checkpoints)"
+                )
+        return models
     root = Path(args.zoo or zoo_dir()).expanduser()
     if not (root / "manifest.json").is_file():
         raise SystemExit(
             f"no built zoo at {root} (manifest.json missing): run `python -m models.zoo build` "
             "or pass --zoo"
         )
-    return root
+    return LabelModels.of_zoo(root)
 
 
 def _configs(args: argparse.Namespace):
@@ -263,9 +287,9 @@ def run_train(args: argparse.Namespace) -> int:
         from models.router_model import ConfidenceHead, router_checksum
 
         head = ConfidenceHead.load(args.out / "heads" / args.install)
-        meta = {**head.meta, "router_checksum": router_checksum(root / "router")}
-        head.save(root / "router", meta=meta)
-        summary["installed"] = {"method": args.install, "into": str(root / "router")}
+        meta = {**head.meta, "router_checksum": router_checksum(root.router)}
+        head.save(root.router, meta=meta)
+        summary["installed"] = {"method": args.install, "into": str(root.router)}
     _print(summary, args.json, json.dumps(summary, indent=2))
     return 0
 

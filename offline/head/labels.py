@@ -33,6 +33,7 @@ from models.tasks import SPLITS, Judgement, Task, judge, sample
 
 __all__ = [
     "LABELS_VERSION",
+    "LabelModels",
     "LabelRecord",
     "LabelSet",
     "build_labels",
@@ -132,14 +133,48 @@ def _matrix_key(matrix: OracleMatrix) -> str:
     return json.dumps(sorted((f"{c.value}/{s.value}", p.value) for (c, s), p in matrix.items()))
 
 
-def zoo_fingerprint(zoo_root: str | Path, matrix: OracleMatrix | None = None) -> str:
+@dataclass(frozen=True)
+class LabelModels:
+    """The three checkpoints a label needs: the router, the cheapest and the top tier.
+
+    From a zoo folder (`of_zoo`), or from the served application's typed config
+    (`of_config`: its router and its ladder's two ends, each resolved as serving resolves it),
+    so the head is trained for the router and tiers that will serve."""
+
+    router: Path
+    cheap: Path
+    strong: Path
+
+    @classmethod
+    def of_zoo(cls, root: str | Path) -> LabelModels:
+        root = Path(root)
+        return cls(root / "router", root / "cheap", root / "strong")
+
+    @classmethod
+    def of_config(cls, app) -> LabelModels:
+        """`app`: a `calibration.config.AppArgs`."""
+        from models.zoo import resolve
+
+        return cls(
+            Path(resolve(app.router.model)),
+            Path(resolve(app.tiers[0].model)),
+            Path(resolve(app.tiers[-1].model)),
+        )
+
+    @classmethod
+    def of(cls, where: str | Path | LabelModels) -> LabelModels:
+        return where if isinstance(where, LabelModels) else cls.of_zoo(where)
+
+
+def zoo_fingerprint(zoo_root: str | Path | LabelModels, matrix: OracleMatrix | None = None) -> str:
     """Hash of the router/cheap/strong checkpoints' config and weights, and the matrix."""
+    models = LabelModels.of(zoo_root)
     h = hashlib.sha256(f"labels-v{LABELS_VERSION}".encode())
     for name in ("router", "cheap", "strong"):
         for fname in ("config.json", "model.safetensors"):
-            f = Path(zoo_root) / name / fname
+            f = getattr(models, name) / fname
             if not f.is_file():
-                raise FileNotFoundError(f"zoo at {zoo_root} has no {name}/{fname}")
+                raise FileNotFoundError(f"no {name}/{fname}: {f} is missing")
             h.update(f"{name}/{fname}".encode())
             h.update(f.read_bytes())
     h.update(_matrix_key(matrix or ORACLE_MATRIX).encode())
@@ -150,7 +185,7 @@ def zoo_fingerprint(zoo_root: str | Path, matrix: OracleMatrix | None = None) ->
 
 
 def build_labels(
-    zoo_root: str | Path,
+    zoo_root: str | Path | LabelModels,
     tasks: list[Task],
     matrix: OracleMatrix | None = None,
     batch: int = 512,
@@ -167,8 +202,8 @@ def build_labels(
     if not tasks:
         raise ValueError("no tasks to label (empty split sample)")
     matrix = matrix or ORACLE_MATRIX
-    root = Path(zoo_root)
-    router = RouterWithHead(root / "router", batch_size=batch, load_head=False)
+    models = LabelModels.of(zoo_root)
+    router = RouterWithHead(models.router, batch_size=batch, load_head=False)
     records, hidden, logits = [], [], []
     bar = tqdm(
         total=len(tasks),
@@ -179,8 +214,8 @@ def build_labels(
     for i in range(0, len(tasks), batch):
         chunk = tasks[i : i + batch]
         chunk_logits, chunk_hidden = router.encode([t.prompt for t in chunk])  # (b, C), (b, H)
-        cheap = answer_queries(root / "cheap", chunk, batch=batch)
-        strong = answer_queries(root / "strong", chunk, batch=batch)
+        cheap = answer_queries(models.cheap, chunk, batch=batch)
+        strong = answer_queries(models.strong, chunk, batch=batch)
         probs = chunk_logits.softmax(-1)  # (b, C)
         for t, p, c, s in zip(chunk, probs, cheap, strong, strict=True):
             cj, sj = judge(c.text, t.answer), judge(s.text, t.answer)
@@ -246,7 +281,7 @@ def load_labels(stem: str | Path) -> LabelSet:
 
 
 def label_split(
-    zoo_root: str | Path,
+    zoo_root: str | Path | LabelModels,
     split: str,
     n: int,
     seed: int = 0,
@@ -269,7 +304,8 @@ def label_split(
                 return cached
         except (FileNotFoundError, ValueError):
             pass
-    meta = {"split": split, "seed": seed, "n": n, "fingerprint": fp, "zoo": str(zoo_root)}
+    where = str(zoo_root if not isinstance(zoo_root, LabelModels) else zoo_root.router.parent)
+    meta = {"split": split, "seed": seed, "n": n, "fingerprint": fp, "zoo": where}
     labels = build_labels(zoo_root, sample(split, n, seed), matrix, progress=progress, meta=meta)
     save_labels(labels, stem)
     return labels

@@ -22,7 +22,7 @@ import numpy as np
 from models.router_model import ConfidenceHead
 from offline.head.baselines import METHODS, LoadedHead, fit_methods
 from offline.head.fitting import fit_rl, fit_sft
-from offline.head.labels import LabelSet, label_split
+from offline.head.labels import LabelModels, LabelSet, label_split
 from offline.head.metrics import (
     bootstrap_interval,
     brier,
@@ -96,7 +96,7 @@ def report(
     fitted = fit_methods(
         names, train, val, sft=sft, rl=rl, cache_dir=out / "heads", num_workers=num_workers
     )
-    served = Path(zoo_root) / "router"
+    served = LabelModels.of(zoo_root).router
     if methods is None and ConfidenceHead.exists(served):
         fitted["served_head"] = LoadedHead(served)  # what the router deployment serves
     y = test.correct.numpy()
