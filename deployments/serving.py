@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from calibration.artifact import CascadeArtifact, ModelIdentity, load_artifact
 from calibration.cascade import CascadeOutcome, CascadeRun, CascadeStats, NoTierAnswered
 from calibration.config import AppArgs
 from calibration.feedback import extract_features
@@ -23,8 +22,9 @@ from deployments.llm import TierInputError, TierRequest
 from deployments.metrics import CascadeMetrics
 from deployments.protocol import RouterView, Routing, TierAttempt
 from models.engine import Generation
+from models.zoo import served_artifact
 
-__all__ = ["CascadeResult", "CascadeServer", "load_calibration"]
+__all__ = ["CascadeResult", "CascadeServer"]
 
 logger = logging.getLogger("ray.serve")
 
@@ -34,24 +34,6 @@ class CascadeResult:
     generation: Generation
     tier: str
     routing: Routing
-
-
-def load_calibration(args: AppArgs) -> CascadeArtifact:
-    """The artifact the config names ('zoo': built with the zoo; a path; None: the seed's
-    heuristic limits at every tier below the top), with user_config's threshold overrides.
-    Refuses (ValueError) an artifact that leaves a tier below the top uncalibrated."""
-    cal, names = args.calibration, args.tier_names
-    if cal.file is None:
-        artifact = CascadeArtifact.heuristic(
-            {t.name: ModelIdentity(name=t.model) for t in args.tiers[:-1]}
-        )
-    else:
-        from models.zoo import resolve_artifact
-
-        artifact = load_artifact(resolve_artifact(cal.file), names)
-    artifact = artifact.with_thresholds(args.threshold_overrides())
-    artifact.check_covers(names)
-    return artifact
 
 
 class CascadeServer:
@@ -66,7 +48,7 @@ class CascadeServer:
     def configure(self, args: AppArgs) -> None:
         """(Re)build what a config change touches: policy, calibration. Stats are kept.
         Everything is built before anything is replaced, so a bad config changes nothing."""
-        policy, calibration = args.policy(), load_calibration(args)
+        policy, calibration = args.policy(), served_artifact(args)
         self.args, self.policy, self.calibration = args, policy, calibration
         if hasattr(self, "stats"):
             self.stats.config = self.policy

@@ -18,9 +18,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from calibration.artifact import CascadeArtifact, ModelIdentity, load_artifact
 from models.oracle import Policy
 
 if TYPE_CHECKING:
+    from calibration.config import AppArgs
     from models.engine import Generation
     from models.tasks import Task
 
@@ -41,6 +43,7 @@ __all__ = [
     "require_zoo",
     "resolve",
     "resolve_artifact",
+    "served_artifact",
     "zoo_dir",
 ]
 
@@ -161,6 +164,22 @@ def resolve_artifact(file: str, root: Path | str | None = None) -> Path:
             f"--out {file}` or set calibration.file: null for the heuristic thresholds"
         )
     return path
+
+
+def served_artifact(args: AppArgs, root: Path | str | None = None) -> CascadeArtifact:
+    """The calibration an application serves: the artifact its `calibration.file` names (the
+    zoo's under `root` for 'zoo'; None: the seed's heuristic limits at every tier below the
+    top), with the config's threshold overrides applied. Raises (ValueError) when a tier below
+    the top is left uncalibrated. Serving and every offline replay of it load it here."""
+    if args.calibration.file is None:
+        artifact = CascadeArtifact.heuristic(
+            {t.name: ModelIdentity(name=t.model) for t in args.tiers[:-1]}
+        )
+    else:
+        artifact = load_artifact(resolve_artifact(args.calibration.file, root), args.tier_names)
+    artifact = artifact.with_thresholds(args.threshold_overrides())
+    artifact.check_covers(args.tier_names)
+    return artifact
 
 
 def resolve(model: str) -> str:

@@ -62,10 +62,12 @@ __all__ = [
 ]
 
 
-def fit_quality_estimator(fit: EvalSplit) -> QualityEstimator:
-    """The quality estimator on the cheapest tier's answers of the fit split."""
+def fit_quality_estimator(fit: EvalSplit, tier: str | None = None) -> QualityEstimator:
+    """P(`tier`'s answer is wrong) (default: the cheapest tier's), fitted on that tier's
+    answers of the fit split."""
+    tier = tier or fit.tiers[0]
     return QualityEstimator.fit(
-        fit.features[fit.tiers[0]], fit.wrong, fit.feature_names, fit_split=fit.split
+        fit.features[tier], ~fit.correct[tier], fit.feature_names, fit_split=fit.split
     )
 
 

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.artifact import load_artifact
 from calibration.config import AppArgs
 from models.tasks import Judgement, Task, judge
-from models.zoo import ANSWER_MAX_TOKENS
+from models.zoo import ANSWER_MAX_TOKENS, served_artifact
 from offline.replay import load_split
-from offline.served import replay_served, served_artifact_path
+from offline.served import replay_served
 
 # ANSWER_MAX_TOKENS: the offline answers are generated with this many new tokens at most; a
 # check sends the same `max_tokens`, so a model that never stops is cut at the same place.
@@ -55,9 +54,7 @@ def expected_routes(
         raise ValueError(f"no tasks to route (n={n})")
     router = "router" if app.router.enabled else None
     data = load_split(split, n, seed, root=root, tiers=app.tier_names, router=router)
-    artifact = load_artifact(served_artifact_path(app, root), app.tier_names)
-    artifact = artifact.with_thresholds(app.threshold_overrides())
-    artifact.check_covers(app.tier_names)
+    artifact = served_artifact(app, root)
     run = replay_served(app.policy(), artifact, data)
     names, rows = app.tier_names, data.router
     out = [

@@ -28,7 +28,6 @@ __all__ = [
     "begin_run",
     "realised_guarantees",
     "replay_served",
-    "served_artifact_path",
 ]
 
 # A tier above the one being calibrated accepts: only who reaches that tier matters then.
@@ -136,15 +135,3 @@ def _target(mode: str, alpha: float | None) -> str:
     if mode == "recall":
         return f">= {1 - alpha:g}"
     return f"<= {alpha:g}"
-
-
-def served_artifact_path(app, root=None):
-    """The artifact file an application serves: its `calibration.file`, 'zoo' meaning the
-    zoo's (under `root`, default the zoo folder; raises when it is not built). None (the
-    heuristic) has no file."""
-    from models.zoo import resolve_artifact
-
-    file = app.calibration.file
-    if file is None:
-        raise ValueError("calibration.file is null (the heuristic limits): nothing to replay")
-    return resolve_artifact(file, root)

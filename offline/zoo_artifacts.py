@@ -19,9 +19,9 @@ from pathlib import Path
 from calibration.artifact import CascadeArtifact, CascadeCalibration, ModelIdentity
 from calibration.config import SERVE_CONFIG, AppArgs
 from calibration.conformal import calibrate
-from calibration.scores import QualityEstimator
 from models.zoo import CALIBRATION_FILE
-from offline.replay import EvalSplit, load_split, model_fingerprint
+from offline.evaluate import fit_quality_estimator
+from offline.replay import load_split, model_fingerprint
 from offline.served import replay_served
 
 __all__ = [
@@ -62,13 +62,6 @@ def calibration_ladder(root: Path) -> AppArgs:
     return args
 
 
-def fit_tier_estimator(fit: EvalSplit, tier: str) -> QualityEstimator:
-    """P(`tier`'s answer is wrong), fitted on that tier's answers of the fit split."""
-    return QualityEstimator.fit(
-        fit.features[tier], ~fit.correct[tier], fit.feature_names, fit_split=fit.split
-    )
-
-
 def build_zoo_calibration(
     root: Path,
     mode: str = DEFAULT_MODE,
@@ -89,7 +82,7 @@ def build_zoo_calibration(
     for t, name in enumerate(names[:-1]):
         so_far = CascadeArtifact(tiers=done) if done else None
         here = replay_served(policy, so_far, cal, upto=t).reached[name]
-        scorer = fit_tier_estimator(fit, name)
+        scorer = fit_quality_estimator(fit, name)
         scores = scorer.score_many(cal.features[name][here], cal.feature_names)
         res = calibrate(
             mode,

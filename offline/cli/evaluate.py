@@ -116,31 +116,27 @@ def run(args: argparse.Namespace) -> int:
 
 def _served(args: argparse.Namespace, root: Path, tiers: list[str]):
     """(policy, artifact) of the served application, when its ladder is the evaluated one."""
-    from calibration.artifact import load_artifact
+    from models.zoo import served_artifact
     from offline.cli.common import load_app_args
-    from offline.served import served_artifact_path
 
     app = load_app_args(args)
     if app.tier_names != tiers:
         log(f"no `served` strategy: the config's tiers {app.tier_names} are not {tiers}")
         return None
     try:
-        path = served_artifact_path(app, root)
-    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        artifact = served_artifact(app, root)
+    except (FileNotFoundError, RuntimeError) as e:
         log(f"no `served` strategy: {e}")
         return None
-    artifact = load_artifact(path, tiers)
-    artifact.check_covers(tiers)
     return app.policy(), artifact
 
 
 def _three_tier(args: argparse.Namespace, root: Path) -> dict | None:
     """The 3-tier table (serve_config.3tier.yaml on the zoo with its middle tier)."""
-    from calibration.artifact import load_artifact
     from calibration.config import AppArgs
+    from models.zoo import served_artifact
     from offline.ladder import ladder_table
     from offline.replay import load_split
-    from offline.served import served_artifact_path
     from offline.zoo_artifacts import SERVE_CONFIG_3TIER
 
     if not (root / "mid").is_dir() or not SERVE_CONFIG_3TIER.is_file():
@@ -148,6 +144,5 @@ def _three_tier(args: argparse.Namespace, root: Path) -> dict | None:
     app = AppArgs.from_serve_config(SERVE_CONFIG_3TIER)
     names = app.tier_names
     test = load_split(args.split, args.n, args.seed, root=root, tiers=names)
-    artifact = load_artifact(served_artifact_path(app, root), names)
-    artifact.check_covers(names)
+    artifact = served_artifact(app, root)
     return {"config": SERVE_CONFIG_3TIER.name, **ladder_table(app.policy(), artifact, test)}
