@@ -50,8 +50,11 @@ lint: install
 test: lint zoo
 	$(PY) -m pytest
 
+# Ends with a 5-minute soak (replica kills) and 2,000 fuzzed requests; issue 12's 30-minute
+# soak: `make bench BENCH_ARGS="--soak-minutes 30"` (or `python -m benchmarks soak --minutes 30`).
+BENCH_ARGS ?=
 bench: zoo
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 # Deletes the whole zoo (a full rebuild takes minutes); to retrain one model, change its spec.
 clean-zoo:

@@ -31,9 +31,12 @@ from pydantic import (
     model_validator,
 )
 
+from calibration.adaptive import CalibrationSample
 from calibration.conformal import ConformalResult
+from calibration.drift_reference import DriftReference
 from calibration.feedback import FeedbackConfig, TierSignal
 from calibration.feedback import signal as _signal
+from calibration.identity import TierIdentity
 from calibration.scores import HeuristicLimits, Scorer, ScorerSpec, SeedHeuristicScorer
 
 __all__ = [
@@ -85,6 +88,22 @@ class CascadeCalibration(BaseModel):
     calibration_split: str = Field(default="", description="Where the calibration data came from.")
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     note: str = Field(default="", description="Free text: warnings, command line.")
+    drift: DriftReference | None = Field(
+        default=None,
+        description="What the tier's live traffic should look like (calibration.drift); "
+        "None in artifacts from before the drift monitor: the tier is then not monitored.",
+    )
+    identity: TierIdentity | None = Field(
+        default=None,
+        description="What the scores were made with (calibration.identity): checked against "
+        "the configured tier at start-up; None in older artifacts: not checked.",
+    )
+    sample: CalibrationSample | None = Field(
+        default=None,
+        description="The calibration scores the threshold is a rank of (bounded), so adaptive "
+        "conformal (calibration.adaptive) can recompute it at another level; None in older "
+        "artifacts: the tier then cannot adapt.",
+    )
 
     _scorer: Scorer | None = PrivateAttr(default=None)
 
@@ -135,9 +154,12 @@ class CascadeCalibration(BaseModel):
         feedback: FeedbackConfig,
         model: ModelIdentity,
         calibration_split: str,
+        sample: CalibrationSample | None = None,
     ) -> CascadeCalibration:
-        """The artifact of one conformal calibration: its threshold with how it came about."""
+        """The artifact of one conformal calibration: its threshold with how it came about
+        (and, for adaptive conformal, `CalibrationSample.of` the same scores and labels)."""
         return cls(
+            sample=sample,
             scorer=ScorerSpec.of(scorer),
             feedback=feedback,
             mode=result.mode,
@@ -156,11 +178,11 @@ class CascadeCalibration(BaseModel):
             self._scorer = self.scorer.build()
         return self._scorer
 
-    def signal(self, generation=None, *, features=None) -> TierSignal:
-        """`calibration.feedback.signal` with this artifact's scorer, threshold and config."""
-        return _signal(
-            generation, self.build_scorer(), self.threshold, self.feedback, features=features
-        )
+    def signal(self, generation=None, *, features=None, threshold=None) -> TierSignal:
+        """`calibration.feedback.signal` with this artifact's scorer, threshold and config;
+        `threshold` replaces the artifact's (adaptive conformal's, `calibration.adaptive`)."""
+        threshold = self.threshold if threshold is None else threshold
+        return _signal(generation, self.build_scorer(), threshold, self.feedback, features=features)
 
     def save(self, path: str | Path) -> Path:
         return _write_json(self, path)
@@ -227,9 +249,9 @@ class CascadeArtifact(BaseModel):
                 f"{sorted(self.tiers)}"
             ) from None
 
-    def signal(self, tier: str, generation=None, *, features=None) -> TierSignal:
-        """`tier`'s calibrated verdict on one of its answers."""
-        return self.for_tier(tier).signal(generation, features=features)
+    def signal(self, tier: str, generation=None, *, features=None, threshold=None) -> TierSignal:
+        """`tier`'s calibrated verdict on one of its answers (at `threshold` if given)."""
+        return self.for_tier(tier).signal(generation, features=features, threshold=threshold)
 
     def check_covers(self, tiers: list[str]) -> None:
         """Serving refuses to start unless every tier below the top has a threshold."""
@@ -249,6 +271,16 @@ class CascadeArtifact(BaseModel):
             name: cal.model_copy(update={"threshold": overrides[name]})
             if name in overrides
             else cal
+            for name, cal in self.tiers.items()
+        }
+        return self.model_copy(update={"tiers": tiers})
+
+    def with_drift(self, references: dict[str, DriftReference]) -> CascadeArtifact:
+        """A copy with drift references recorded for the tiers `references` names."""
+        for tier in references:
+            self.for_tier(tier)
+        tiers = {
+            name: cal.model_copy(update={"drift": references[name]}) if name in references else cal
             for name, cal in self.tiers.items()
         }
         return self.model_copy(update={"tiers": tiers})

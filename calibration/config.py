@@ -25,9 +25,11 @@ __all__ = [
     "RECONFIGURABLE",
     "ROUTER",
     "SERVE_CONFIG",
+    "AdaptiveArgs",
     "AppArgs",
     "AuthArgs",
     "CalibrationArgs",
+    "DriftArgs",
     "FaultArgs",
     "LimitArgs",
     "RouterArgs",
@@ -38,7 +40,12 @@ __all__ = [
 SERVE_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.yaml"
 """The Ray Serve config at the repository root: the product's default application."""
 INGRESS, ROUTER = "Ingress", "Router"
-RECONFIGURABLE = {"calibration": {"file", "threshold", "thresholds"}, "router": {"threshold"}}
+RECONFIGURABLE = {
+    "calibration": {"file", "threshold", "thresholds"},
+    "router": {"threshold"},
+    "drift": {"enabled", "window", "min_samples", "alpha", "test_every"},
+    "adaptive": {"enabled", "gamma", "min_feedback", "max_alpha_ratio"},
+}
 """user_config keys `serve deploy` may change on a running graph without restarting it."""
 
 
@@ -65,8 +72,10 @@ class FaultArgs(_Strict):
 class TierArgs(_Strict):
     name: str = Field(description="Tier name; a request can force it as its `model`.")
     model: str = Field(description="'zoo:cheap' / 'zoo:strong', a Hugging Face id, or a path.")
-    engine: Literal["auto", "transformers", "vllm"] = Field(
-        default="auto", description="auto: vLLM if importable, else transformers."
+    engine: Literal["auto", "transformers", "vllm", "openai"] = Field(
+        default="auto",
+        description="auto: vLLM if importable, else transformers; openai: an OpenAI-compatible "
+        "server (engine_kwargs: base_url, api_key_env), `model` being its model name.",
     )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Passed to the engine (dtype, max_model_len, ...)."
@@ -95,6 +104,12 @@ class TierArgs(_Strict):
     fault: FaultArgs | None = Field(default=None, description="Chaos testing only.")
     max_batch_size: int = Field(default=16, ge=1, description="Dynamic batching (transformers).")
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    health_probe_interval_s: float = Field(
+        default=30.0, gt=0, description="Health check: a 1-token probe when idle this long."
+    )
+    health_probe_timeout_s: float = Field(
+        default=10.0, gt=0, description="Health check: a probe slower than this fails it."
+    )
 
     @field_validator("engine_kwargs")
     @classmethod
@@ -141,6 +156,11 @@ class CalibrationArgs(_Strict):
         description="Override thresholds per tier name (e.g. via user_config); wins over "
         "`threshold` for the tier it names.",
     )
+    allow_mismatch: bool = Field(
+        default=False,
+        description="Serve an artifact made for other models than the configured ones "
+        "(calibration.identity); logged, in /stats and in the metrics. Its guarantee is void.",
+    )
 
 
 class LimitArgs(_Strict):
@@ -150,6 +170,72 @@ class LimitArgs(_Strict):
     max_prompt_tokens: int = Field(default=2048, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     top_logprobs: int = Field(default=5, ge=1, le=20, description="k for the feedback signal.")
+
+
+class DriftArgs(_Strict):
+    """The label-free drift monitor (`calibration.drift`): live traffic per tier against what
+    calibration recorded; its alarms go to /stats, Prometheus and the log."""
+
+    enabled: bool = Field(default=True, description="Monitor tiers whose artifact has a reference.")
+    window: int = Field(default=200, ge=10, le=100_000, description="Requests per sliding window.")
+    min_samples: int = Field(
+        default=50, ge=10, description="Samples a window needs before it is tested."
+    )
+    alpha: float = Field(
+        default=0.001,
+        gt=0,
+        lt=1,
+        description="Chance that one look alarms on undrifted traffic (Bonferroni over tests).",
+    )
+    test_every: int = Field(
+        default=10, ge=1, description="Run the tests every this many requests (O(window) each)."
+    )
+
+    @model_validator(mode="after")
+    def _fits(self) -> DriftArgs:
+        if self.min_samples > self.window:
+            raise ValueError(f"min_samples {self.min_samples} is above window {self.window}")
+        return self
+
+
+class AdaptiveArgs(_Strict):
+    """Feedback on served answers (POST /v1/feedback) and adaptive conformal inference
+    (`calibration.adaptive`). Labels are always recorded; only with `enabled` do they move a
+    tier's threshold, so the long-run risk tracks alpha when traffic drifts."""
+
+    enabled: bool = Field(
+        default=False, description="Let labels move thresholds (ACI); off: they are counted only."
+    )
+    gamma: float = Field(
+        default=0.005,
+        gt=0,
+        le=0.5,
+        description="ACI step: alpha_t moves by gamma * (alpha - err) per labelled answer; "
+        "larger adapts faster and jitters more (Gibbs and Candes use 0.005).",
+    )
+    min_feedback: int = Field(
+        default=50,
+        ge=0,
+        description="Labels a tier needs before its threshold follows alpha_t (alpha_t is "
+        "stepped from the first label on).",
+    )
+    max_alpha_ratio: float = Field(
+        default=2.0,
+        ge=1.0,
+        description="alpha_t stays <= this times alpha (and <= 1): how far ACI may loosen a "
+        "threshold when traffic is easier than calibrated; 1 = tighten only.",
+    )
+    ttl_s: float = Field(
+        default=3600.0, gt=0, description="How long an answer stays open for feedback."
+    )
+    max_entries: int = Field(
+        default=20_000, ge=1, description="Answers remembered for feedback at most (per replica)."
+    )
+    max_bytes: int = Field(
+        default=32 << 20,
+        ge=4096,
+        description="Memory the remembered answers may take at most (prompts and answers).",
+    )
 
 
 class AuthArgs(_Strict):
@@ -175,6 +261,8 @@ class AppArgs(_Strict):
     calibration: CalibrationArgs = Field(default_factory=CalibrationArgs)
     limits: LimitArgs = Field(default_factory=LimitArgs)
     auth: AuthArgs = Field(default_factory=AuthArgs)
+    drift: DriftArgs = Field(default_factory=DriftArgs)
+    adaptive: AdaptiveArgs = Field(default_factory=AdaptiveArgs)
     task_floors: dict[str, str] = Field(
         default_factory=dict, description="Request task_type -> lowest tier allowed."
     )
@@ -213,6 +301,17 @@ class AppArgs(_Strict):
     @property
     def tier_names(self) -> list[str]:
         return [t.name for t in self.tiers]
+
+    def engine_kwargs(self, tier: str) -> dict[str, Any]:
+        """What `models.loading.load_engine` gets for a tier, wherever the engine is built
+        (the tier replica, `collect`): the configured kwargs, trust_remote_code, and for an
+        API tier whether its decisions need logprobs (every tier below the top)."""
+        t = next(x for x in self.tiers if x.name == tier)
+        out = {**t.engine_kwargs, "trust_remote_code": t.trust_remote_code}
+        if t.engine == "openai":
+            out.setdefault("require_logprobs", tier != self.tiers[-1].name)
+            out.setdefault("top_logprobs", self.limits.top_logprobs)
+        return out
 
     def threshold_overrides(self) -> dict[str, float]:
         """Tier -> threshold replacing the artifact's: `calibration.thresholds`, and

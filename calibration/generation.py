@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["FinishReason", "Generation"]
+__all__ = ["FinishReason", "Generation", "generation_from_dict", "generation_to_dict"]
 
 FinishReason = Literal["stop", "length"]
 
@@ -57,3 +57,28 @@ class Generation:
         for i, row in enumerate(self.top_logprobs):
             out[i, : len(row)] = [lp for _, lp in row]
         return out
+
+
+def generation_to_dict(g: Generation) -> dict:
+    """JSON-ready form: what caches and collected traces store (the arrays are derived)."""
+    return {
+        "text": g.text,
+        "token_ids": list(g.token_ids),
+        "logprobs": list(g.logprobs),
+        "top_logprobs": [[list(p) for p in row] for row in g.top_logprobs],
+        "finish_reason": g.finish_reason,
+        "prompt_tokens": g.prompt_tokens,
+        "completion_tokens": g.completion_tokens,
+    }
+
+
+def generation_from_dict(d: dict) -> Generation:
+    return Generation(
+        text=d["text"],
+        token_ids=tuple(d["token_ids"]),
+        logprobs=tuple(d["logprobs"]),
+        top_logprobs=tuple(tuple((t, lp) for t, lp in row) for row in d["top_logprobs"]),
+        finish_reason=d["finish_reason"],
+        prompt_tokens=d["prompt_tokens"],
+        completion_tokens=d["completion_tokens"],
+    )

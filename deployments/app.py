@@ -34,10 +34,12 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
             name=t.name,
             model=t.model,
             engine=t.engine,
-            engine_kwargs={**t.engine_kwargs, "trust_remote_code": t.trust_remote_code},
+            engine_kwargs=args.engine_kwargs(t.name),
             max_batch_size=t.max_batch_size,
             batch_wait_timeout_s=t.batch_wait_timeout_s,
             fault=t.fault.model_dump() if t.fault else None,
+            health_probe_interval_s=t.health_probe_interval_s,
+            health_probe_timeout_s=t.health_probe_timeout_s,
         )
     router = None
     if args.router.enabled:

@@ -2,6 +2,7 @@
 
     POST /v1/chat/completions   POST /v1/completions   GET /v1/models
     GET /healthz (liveness)   GET /readyz (every tier answers)   GET /stats
+    POST /v1/feedback (a verdict on an answer, by its id; `deployments/feedback.py`)
 
 Routes only translate HTTP <-> `CascadeServer`; the cascade itself is in `serving.py` and its
 decisions in `calibration`. Calibrated thresholds arrive through `user_config`
@@ -21,6 +22,8 @@ from ray import serve
 from calibration.config import AppArgs
 from deployments.auth import TokenCheck, load_tokens
 from deployments.errors import APIError, error_response, install_handlers
+from deployments.feedback import FeedbackDesk, FeedbackRejected, json_safe
+from deployments.feedback_protocol import FeedbackRequest, FeedbackResponse
 from deployments.llm import TierRequest
 from deployments.openai_format import (
     chat_logprobs,
@@ -38,6 +41,7 @@ from deployments.protocol import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
+    ErrorResponse,
     ModelCard,
     ModelList,
 )
@@ -97,8 +101,10 @@ class Ingress:
     def __init__(self, args: dict[str, Any], tiers: dict[str, Any], router: Any | None) -> None:
         self.base_args = AppArgs.model_validate(args)
         self.server = CascadeServer(self.base_args, tiers, router)
+        self.feedback = FeedbackDesk(self.server, self.base_args.adaptive)
         app.state.max_body_bytes = self.base_args.limits.max_body_bytes
         self._openapi: dict | None = None
+        self._serving, self.config_refused = False, None  # see reconfigure
         auth = self.base_args.auth
         app.state.auth = TokenCheck(load_tokens(auth), auth.open_paths)
         logger.info("ingress auth: %s", "bearer tokens" if app.state.auth.enabled else "off")
@@ -106,8 +112,28 @@ class Ingress:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """`serve deploy` with a new user_config: thresholds (`calibration.threshold`,
         `calibration.thresholds`, `calibration.file`) and `router.threshold`, applied without
-        a restart. A bad one raises (Serve keeps the old config serving and reports it)."""
-        self.server.configure(self.base_args.reconfigured(user_config))
+        a restart. `adaptive` settings apply too; a tier given a new threshold restarts its
+        adaptation from that threshold (logged; /stats `adaptive.tiers.<tier>.last_reset`).
+
+        A bad one, while this replica is starting, raises: it does not start and Serve reports
+        the error. Once it serves, a bad one is refused (logged, /stats `config_refused`) and
+        the running config keeps serving: Serve stops a replica whose reconfigure raises
+        (seen with Ray 2.60, despite its "previous version keeps running" message), so raising
+        here would turn a typo in `serve deploy` into an outage."""
+        try:
+            self.server.configure(self.base_args.reconfigured(user_config))
+        except Exception as e:
+            if not self._serving:
+                raise
+            self.config_refused = {"user_config": user_config, "error": str(e)}
+            logger.error("user_config refused; the running config keeps serving: %s", e)
+            return
+        self.config_refused = None
+
+    def check_health(self) -> None:
+        """Serve's first health check follows the start-up reconfigure: from then on the
+        replica serves, and a bad user_config is refused rather than raised."""
+        self._serving = True
 
     # --- routes ----------------------------------------------------------------------------
 
@@ -140,7 +166,29 @@ class Ingress:
             **self.server.stats.as_dict(),
             "calibration": {**first, "tiers": per_tier},
             "router_threshold": self.server.policy.router_threshold,
+            "drift": self.server.drift_stats(),
+            "calibration_mismatch": self.server.identity_mismatch,
+            "feedback": self.feedback.as_dict(),
+            "adaptive": json_safe(self.server.adaptive.state()),
+            "config_refused": json_safe(self.config_refused),
         }
+
+    @app.post(
+        "/v1/feedback",
+        response_model=FeedbackResponse,
+        responses={
+            404: {"model": ErrorResponse, "description": "Never served here, expired, evicted."},
+            409: {"model": ErrorResponse, "description": "The answer already has a verdict."},
+        },
+    )
+    async def feedback_verdict(self, body: FeedbackRequest):
+        """A verdict on a served answer, by its response `id`: 'right', 'wrong', or 'strong'
+        (the top tier judges). 404: id never served here, expired or evicted; 409: it already
+        has a verdict. With adaptive.enabled the label moves the thresholds (`updates`)."""
+        try:
+            return await self.feedback.apply(body)
+        except FeedbackRejected as e:
+            return e.response()
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi(self, request: Request) -> dict:
@@ -172,10 +220,12 @@ class Ingress:
             body, messages=messages, chars=sum(len(m["content"]) for m in messages)
         )
         result = await self.server.serve(request, body.model, query, body.effective_task_type)
+        rid = self.feedback.remember(result, request, "chatcmpl")  # open for POST /v1/feedback
         if body.stream:
             return self._stream(result, body, chat=True)
         gen = result.generation
         return ChatCompletionResponse(
+            id=rid,
             model=result.tier,
             choices=[
                 ChatChoice(
@@ -193,10 +243,12 @@ class Ingress:
         prompt: str = body.prompt  # type: ignore[assignment]  (validated to one string)
         request = self._tier_request(body, prompt=prompt, chars=len(prompt))
         result = await self.server.serve(request, body.model, prompt, body.effective_task_type)
+        rid = self.feedback.remember(result, request, "cmpl")  # open for POST /v1/feedback
         if body.stream:
             return self._stream(result, body, chat=False)
         gen = result.generation
         return CompletionResponse(
+            id=rid,
             model=result.tier,
             choices=[
                 CompletionChoice(

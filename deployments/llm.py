@@ -11,6 +11,15 @@ and served here like any other engine.
 The transformers engine runs one forward batch at a time, so concurrent calls are gathered with
 `@serve.batch` (grouped by sampling settings, which a batch must share); vLLM batches inside
 its own scheduler, so its calls go straight through.
+
+Health (`check_health`, which Serve calls every `health_check_period_s`): the engine's own cheap
+liveness on every call (vLLM: its EngineCore process; `Engine.check_alive`), then evidence that
+the engine still generates: a real request that succeeded within `health_probe_interval_s`, or
+else a 1-token probe generation bounded by `health_probe_timeout_s` (so at most one probe per
+interval while healthy, none at all under traffic). After a failed engine call or probe, every
+check probes until one succeeds. A dead engine fails at once, a wedged one when its probe
+times out; three failed checks in a row and Serve replaces the replica. `info()` carries the
+same verdict without a probe, for /readyz.
 """
 
 from __future__ import annotations
@@ -25,10 +34,11 @@ from typing import Any
 
 from ray import serve
 
-from models.engine import Engine, Generation, SamplingSettings
+from models.engine import Engine, EngineError, Generation, SamplingSettings
 from models.loading import load_engine
+from models.prompting import render_prompt
 
-__all__ = ["LLMTier", "TierInputError", "TierRequest"]
+__all__ = ["LLMTier", "TierHealth", "TierInputError", "TierRequest", "deployment_problems"]
 
 logger = logging.getLogger("ray.serve")
 
@@ -49,6 +59,37 @@ class TierRequest:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+_PROBE = SamplingSettings(max_tokens=1, top_logprobs=0)
+
+
+@dataclass
+class TierHealth:
+    """What one replica knows of its engine's health between probes (monotonic times)."""
+
+    probe_interval_s: float = 30.0
+    probe_timeout_s: float = 10.0
+    last_ok: float = float("-inf")  # the last engine call (request or probe) that answered
+    failures: int = 0  # engine calls failed since then
+    last_error: str | None = None
+
+    def ok(self) -> None:
+        self.last_ok, self.failures, self.last_error = time.monotonic(), 0, None
+
+    def failed(self, why: str) -> None:
+        self.failures += 1
+        self.last_error = why
+
+    def needs_probe(self) -> bool:
+        """True unless an engine call answered within the interval and none failed since."""
+        return self.failures > 0 or time.monotonic() - self.last_ok >= self.probe_interval_s
+
+    def verdict(self) -> str:
+        """'ok', or why not (for /readyz): the failures since the last answer."""
+        if not self.failures:
+            return "ok"
+        return f"{self.failures} engine call(s) failed since the last answer: {self.last_error}"
+
+
 @serve.deployment
 class LLMTier:
     def __init__(
@@ -61,8 +102,11 @@ class LLMTier:
         batch_wait_timeout_s: float = 0.01,
         engine_instance: Engine | None = None,
         fault: dict[str, Any] | None = None,
+        health_probe_interval_s: float = 30.0,
+        health_probe_timeout_s: float = 10.0,
     ) -> None:
         self.name = name
+        self.health = TierHealth(health_probe_interval_s, health_probe_timeout_s)
         self.set_fault(fault)
         self.model = model
         self.engine: Engine = engine_instance or load_engine(engine, model, **(engine_kwargs or {}))
@@ -79,16 +123,8 @@ class LLMTier:
         )
 
     def render(self, request: TierRequest) -> str:
-        """The prompt text this tier's model sees."""
-        if request.messages is None:
-            assert request.prompt is not None
-            return request.prompt
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                list(request.messages), tokenize=False, add_generation_prompt=True
-            )
-        # A base model without a template: the conversation as plain text.
-        return "\n".join(m["content"] for m in request.messages) + "\n"
+        """The prompt text this tier's model sees (`models.prompting`, as `collect` renders)."""
+        return render_prompt(self.tokenizer, prompt=request.prompt, messages=request.messages)
 
     def set_fault(self, fault: dict[str, Any] | None) -> None:
         """Chaos testing (`calibration.config.FaultArgs`): None turns injection off. Also callable
@@ -126,6 +162,10 @@ class LLMTier:
                 gen = (await self.engine.generate([prompt], request.settings))[0]
         except ValueError as e:  # the engine's own input checks (context length, settings)
             raise TierInputError(str(e)) from e
+        except Exception as e:  # the engine failed: evidence for the health check
+            self.health.failed(f"{type(e).__name__}: {e}")
+            raise
+        self.health.ok()
         logger.debug(
             "tier %s generated %d tokens in %.3f s",
             self.name,
@@ -153,9 +193,65 @@ class LLMTier:
         return out
 
     def info(self) -> dict[str, Any]:
-        return {"tier": self.name, "model": self.model, "engine": self.engine.name}
+        """What this replica serves, and its health verdict without a probe (for /readyz)."""
+        try:
+            self.engine.check_alive()
+            health = self.health.verdict()
+        except EngineError as e:
+            health = f"engine dead: {e}"
+        return {
+            "tier": self.name,
+            "model": self.model,
+            "engine": self.engine.name,
+            "health": health,
+        }
 
-    def check_health(self) -> None:
-        """Serve restarts a replica whose engine is gone."""
-        if self.engine is None:
-            raise RuntimeError(f"tier {self.name} has no engine")
+    async def check_health(self) -> None:
+        """Serve's periodic health check: raises when the engine is dead, or when it cannot
+        produce one token within the probe timeout (see the module docstring)."""
+        self.engine.check_alive()
+        if not self.health.needs_probe():
+            return
+        timeout = self.health.probe_timeout_s
+        try:
+            await asyncio.wait_for(self.engine.generate([self._probe_text()], _PROBE), timeout)
+        except TimeoutError:
+            self.health.failed(f"the probe generation gave no token in {timeout:g} s")
+            raise RuntimeError(f"tier {self.name}: {self.health.last_error} (wedged?)") from None
+        except Exception as e:
+            self.health.failed(f"probe generation failed: {type(e).__name__}: {e}")
+            raise RuntimeError(f"tier {self.name}: {self.health.last_error}") from e
+        self.health.ok()
+
+    def _probe_text(self) -> str:
+        """A prompt of one token or so: the tokenizer's BOS, else a single character."""
+        return getattr(self.tokenizer, "bos_token", None) or "1"
+
+    def __del__(self) -> None:
+        """Serve calls this when it stops the replica (scale-down, replacement): stop the
+        engine's own processes with it (vLLM's EngineCore), not at interpreter exit."""
+        shutdown = getattr(getattr(self, "engine", None), "shutdown", None)
+        if shutdown is not None:
+            try:
+                shutdown()
+            except Exception:  # a dead engine may fail to stop; the process goes anyway
+                logger.exception("tier %s: engine shutdown failed", self.name)
+
+
+async def deployment_problems(handles: dict[str, Any]) -> dict[str, str]:
+    """Serve's own view, name -> problem, for the deployments behind `handles` that Serve
+    reports UNHEALTHY or DEPLOY_FAILED (e.g. a replica failing its health checks): a handle
+    call reaches one replica, Serve's status covers all of them. Empty outside Serve."""
+    try:
+        app = serve.get_replica_context().app_name
+        status = await asyncio.wait_for(asyncio.to_thread(serve.status), timeout=5)
+        deployments = status.applications[app].deployments
+    except Exception as e:  # readiness must answer even when the controller does not
+        logger.warning("readiness: Serve's status is unavailable: %r", e)
+        return {}
+    out = {}
+    for name, handle in handles.items():
+        d = deployments.get(handle.deployment_name)
+        if d is not None and d.status in ("UNHEALTHY", "DEPLOY_FAILED"):
+            out[name] = f"Serve: {getattr(d.status, 'value', d.status)}: {d.message}".strip()
+    return out

@@ -3,7 +3,7 @@ endpoint with the deployment and replica as tags). /stats keeps the running tota
 
 from __future__ import annotations
 
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 
 __all__ = ["CascadeMetrics"]
 
@@ -60,3 +60,32 @@ class CascadeMetrics:
             boundaries=_UNIT,
             tag_keys=("policy",),
         )
+        self._drift_gauges()
+
+    def _drift_gauges(self) -> None:
+        """The drift monitor's (calibration.drift), set at each of its looks."""
+        self.drift_alarm = Gauge(
+            "cascade_drift_alarm",
+            "1 while the tier's live traffic differs from its calibration reference.",
+            tag_keys=("tier",),
+        )
+        self.drift_p_value = Gauge(
+            "cascade_drift_p_value",
+            "p-value of each drift test (escalation, score, router, reach) at the last look.",
+            tag_keys=("tier", "test"),
+        )
+        self.drift_escalation_rate = Gauge(
+            "cascade_drift_escalation_rate",
+            "The tier's escalation rate over the drift monitor's window.",
+            tag_keys=("tier",),
+        )
+        self.identity_mismatch = Gauge(
+            "cascade_calibration_mismatch",
+            "1 when the tier's calibration was made for another model (allow_mismatch).",
+            tag_keys=("tier",),
+        )
+
+    def set_identity_mismatch(self, tiers: list[str], problems: list[str]) -> None:
+        for tier in tiers:
+            bad = any(p.startswith(f"tier {tier!r}") for p in problems)
+            self.identity_mismatch.set(1.0 if bad else 0.0, tags={"tier": tier})

@@ -7,11 +7,13 @@ ignores them, so any OpenAI client works unchanged.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.functional_serializers import PlainSerializer
 
 __all__ = [
     "ChatCompletionRequest",
@@ -30,6 +32,32 @@ __all__ = [
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @field_validator("*")
+    @classmethod
+    def _valid_unicode(cls, v: Any) -> Any:
+        """JSON's `\\ud800` escapes (and Python's JSON reader, on raw bytes) give strings with
+        lone surrogates, which no tokenizer, engine or UTF-8 response can take: refused here
+        (a 400 naming the field) instead of failing inside every tier (a 503)."""
+        _check_unicode(v)
+        return v
+
+
+def _check_unicode(v: Any) -> None:
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(
+                f"not valid Unicode: a lone surrogate ({v[e.start]!r}) at character {e.start}"
+            ) from None
+    elif isinstance(v, list | tuple):
+        for x in v:
+            _check_unicode(x)
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            _check_unicode(k)
+            _check_unicode(x)
 
 
 class TextPart(_Lenient):
@@ -62,7 +90,13 @@ class _SamplingFields(_Lenient):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=1, description="Only n=1 is served.")
     stop: str | list[str] | None = Field(default=None, validate_default=True)
-    seed: int | None = None
+    seed: int | None = Field(
+        default=None,
+        ge=-(2**63),
+        le=2**63 - 1,
+        description="A 64-bit signed integer (as vLLM's own server takes); a larger one would "
+        "fail inside the engines.",
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -162,15 +196,29 @@ class RouterView(BaseModel):
     skipped_reason: str | None = None
 
 
+def json_float(x: Any) -> Any:
+    """JSON has no infinities: thresholds of +-inf (never / always escalate; adaptive conformal
+    may set -inf) and an empty answer's score (+inf) are written "inf" / "-inf"."""
+    return ("inf" if x > 0 else "-inf") if isinstance(x, float) and math.isinf(x) else x
+
+
+JSONFloat = Annotated[float | None, PlainSerializer(json_float)]  # a number, "inf" or "-inf"
+
+
 class TierAttempt(BaseModel):
     tier: str
     outcome: Literal["accepted", "escalated", "failed", "final"]
-    score: float | None = None
-    threshold: float | None = None
+    score: JSONFloat = None
+    threshold: JSONFloat = None
     reasons: list[str] = []
     features: dict[str, float] = {}
     latency_s: float
     cost: float
+    adapted: bool = Field(
+        default=False,
+        description="The threshold came from adaptive conformal (labels moved it), not the "
+        "artifact or user_config alone.",
+    )
 
 
 class Routing(BaseModel):
@@ -183,8 +231,8 @@ class Routing(BaseModel):
     reasons: list[str]
     router: RouterView
     features: dict[str, float] = {}
-    score: float | None = None
-    threshold: float | None = None
+    score: JSONFloat = None
+    threshold: JSONFloat = None
     conformal_mode: str | None = None
     cost: float
     degraded: bool = False
@@ -194,6 +242,19 @@ class Routing(BaseModel):
         default=None, description="The tier a task floor raised the start to, if one did."
     )
     attempts: list[TierAttempt] = []
+    threshold_adapted: bool = Field(
+        default=False, description="`threshold` came from adaptive conformal (see attempts)."
+    )
+    calibration_mismatch: bool = Field(
+        default=False,
+        description="The calibration was made for other models (served under allow_mismatch; "
+        "see /stats): its guarantee does not hold.",
+    )
+    feedback_id: str | None = Field(
+        default=None,
+        description="The id POST /v1/feedback takes for this answer: the response's `id` (a "
+        "streamed answer's chunks carry another id; use this one).",
+    )
 
 
 class LogprobEntry(BaseModel):

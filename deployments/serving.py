@@ -14,15 +14,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from calibration.adaptive import AdaptiveConformal
 from calibration.cascade import CascadeOutcome, CascadeRun, CascadeStats, NoTierAnswered
 from calibration.config import AppArgs
+from calibration.drift import DriftMonitor, DriftStatus
 from calibration.feedback import extract_features
 from deployments.errors import APIError
-from deployments.llm import TierInputError, TierRequest
+from deployments.llm import TierInputError, TierRequest, deployment_problems
 from deployments.metrics import CascadeMetrics
 from deployments.protocol import RouterView, Routing, TierAttempt
 from models.engine import Generation
-from models.zoo import served_artifact
+from models.served_calibration import identity_mismatches, served_artifact
 
 __all__ = ["CascadeResult", "CascadeServer"]
 
@@ -34,6 +36,7 @@ class CascadeResult:
     generation: Generation
     tier: str
     routing: Routing
+    outcome: CascadeOutcome | None = None  # the run's decisions (feedback judges them)
 
 
 class CascadeServer:
@@ -49,7 +52,21 @@ class CascadeServer:
         """(Re)build what a config change touches: policy, calibration. Stats are kept.
         Everything is built before anything is replaced, so a bad config changes nothing."""
         policy, calibration = args.policy(), served_artifact(args)
-        self.args, self.policy, self.calibration = args, policy, calibration
+        mismatch = identity_mismatches(args, calibration) if args.calibration.allow_mismatch else []
+        for problem in mismatch:  # allowed, loudly: the guarantee does not hold for this tier
+            logger.warning("calibration made for other models, served anyway: %s", problem)
+        drift = _drift_monitor(args, policy, calibration)
+        # adaptive conformal: a tier keeps its state unless its calibration changed (a new
+        # user_config threshold resets it, and the log says so)
+        below_top = {t: calibration.tiers[t] for t in policy.tier_names[:-1]}
+        previous = getattr(self, "adaptive", None)
+        adaptive = AdaptiveConformal.build(below_top, args.adaptive, previous)
+        for tier, why in adaptive.resets.items():
+            logger.info("adaptive conformal: tier %s starts afresh (%s)", tier, why)
+        self.adaptive = adaptive
+        self.args, self.policy, self.calibration, self.drift = args, policy, calibration, drift
+        self.identity_mismatch = mismatch
+        self.metrics.set_identity_mismatch(policy.tier_names[:-1], mismatch)
         if hasattr(self, "stats"):
             self.stats.config = self.policy
         logger.info(
@@ -99,22 +116,32 @@ class CascadeServer:
 
     async def readiness(self, timeout_s: float = 5.0) -> dict[str, str]:
         """Each tier's (and the router's) answer to a trivial call: 'ok', or why not. A
-        deployment still starting, or with no live replica, does not answer in time."""
+        deployment still starting, or with no live replica, does not answer in time; a tier
+        replica reports its engine's health (`LLMTier.info`), Serve any deployment it marks
+        unhealthy (e.g. a replica failing its health checks, until it is replaced)."""
         targets = dict(self.tiers)
         if self.router is not None:
             targets["router"] = self.router
 
         async def check(handle) -> str:
-            try:
-                await asyncio.wait_for(handle.info.remote(), timeout=timeout_s)
-            except TimeoutError:
+            # not wait_for: it awaits the cancellation, and a call still waiting for a replica
+            # (one just died) cancels only once Serve has updated its set, ~10 s later
+            response = handle.info.remote()
+            call = asyncio.ensure_future(response)
+            call.add_done_callback(lambda f: f.cancelled() or f.exception())
+            if not (await asyncio.wait([call], timeout=timeout_s))[0]:
+                response.cancel()
                 return f"no answer in {timeout_s:g} s"
-            except Exception as e:
-                return _describe(e)
-            return "ok"
+            if call.exception() is not None:
+                return _describe(call.exception())
+            info = call.result()
+            return info.get("health", "ok") if isinstance(info, dict) else "ok"
 
         results = await asyncio.gather(*(check(h) for h in targets.values()))
-        return dict(zip(targets, results, strict=True))
+        report = dict(zip(targets, results, strict=True))
+        for name, problem in (await deployment_problems(targets)).items():
+            report[name] = problem if report[name] == "ok" else f"{report[name]}; {problem}"
+        return report
 
     # --- the cascade ---------------------------------------------------------------------
 
@@ -159,6 +186,7 @@ class CascadeServer:
         """Call each tier `run` names until it is done; it decides, this does the I/O."""
         answers: dict[int, Generation] = {}
         latencies: list[float] = []
+        adapted: set[str] = set()  # tiers whose threshold adaptive conformal had moved
         while run.next_tier is not None:
             tier = run.next_tier
             name = self.policy.tiers[tier].name
@@ -172,15 +200,53 @@ class CascadeServer:
             self.metrics.tier_latency.observe(latencies[-1], tags={"tier": name})
             self.metrics.tier_calls.inc(tags={"tier": name, "outcome": "ok"})
             # the signal below the top: for the decision, and for a forced tier's record
-            sig = self.calibration.signal(name, out) if tier < self.policy.top else None
+            sig = self._signal(name, out, adapted) if tier < self.policy.top else None
             d = run.observe(sig, out.completion_tokens)
             self.metrics.cost.inc(run.calls[-1].cost, tags={"tier": name})
             if d.escalate:
                 self.metrics.escalations.inc(tags={"tier": name, "reason": d.cause})
         outcome = run.outcome()
         self.stats.record_outcome(outcome)
+        self._watch_drift(outcome, router)
         routing = self._routing(outcome, answers, latencies, router, task_type)
-        return CascadeResult(answers[outcome.final_tier], routing.final_tier, routing)
+        _mark_adapted(routing, outcome, self.policy.tier_names, adapted)
+        return CascadeResult(answers[outcome.final_tier], routing.final_tier, routing, outcome)
+
+    def _signal(self, name: str, out: Generation, adapted: set[str]):
+        """The tier's signal at the threshold served now: the artifact's (or user_config's),
+        moved by adaptive conformal once labels have moved it (then `name` joins `adapted`)."""
+        if self.adaptive.adapted(name):
+            adapted.add(name)
+        return self.calibration.signal(name, out, threshold=self.adaptive.threshold(name))
+
+    def _watch_drift(self, outcome: CascadeOutcome, router: RouterView) -> None:
+        """Feed the drift monitor; at its looks, set the gauges and log each alarm turning on
+        (WARNING) or off (INFO). A monitor failure is logged, never the request's."""
+        if self.drift is None:
+            return
+        try:
+            looked = self.drift.observe(outcome, router.policy)
+        except Exception:
+            logger.exception("drift monitor failed; the request is unaffected")
+            return
+        for status in looked or ():
+            tags = {"tier": status.tier}
+            self.metrics.drift_alarm.set(int(status.alarm), tags=tags)
+            for test, result in status.tests.items():
+                if result.p_value is not None:
+                    self.metrics.drift_p_value.set(result.p_value, tags={**tags, "test": test})
+            esc = status.tests.get("escalation")
+            if esc is not None and esc.observed is not None:
+                self.metrics.drift_escalation_rate.set(esc.observed, tags=tags)
+            if status.changed:
+                log = logger.warning if status.alarm else logger.info
+                log("%s", _drift_message(status))
+
+    def drift_stats(self) -> dict:
+        """The /stats section: the monitor's settings and each tier's last look."""
+        if self.drift is None:
+            return {"enabled": False}
+        return {"enabled": True, **self.drift.as_dict()}
 
     def _failed(self, run: CascadeRun, tier: int, error: Exception) -> None:
         """A failed call: the run climbs, ends degraded, or (no answer at all) a 503."""
@@ -262,6 +328,7 @@ class CascadeServer:
             degraded_reason=outcome.degraded,
             task_type=task_type,
             task_floor=outcome.task_floor,
+            calibration_mismatch=bool(self.identity_mismatch),
             attempts=attempts,
         )
 
@@ -272,6 +339,45 @@ class CascadeServer:
         tier = self.policy.tier_names[calls[-1].tier if calls else 0]
         cal = self.calibration.tiers.get(tier)
         return cal.mode if cal else None
+
+
+def _drift_monitor(args: AppArgs, policy, calibration) -> DriftMonitor | None:
+    """The drift monitor `args.drift` asks for (None when off), over the served artifact."""
+    if not args.drift.enabled:
+        return None
+    settings = args.drift.model_dump(exclude={"enabled"})
+    monitor = DriftMonitor.from_artifact(calibration, policy, **settings)
+    notes = {name: s.note for name, s in monitor.statuses().items()}
+    logger.info("drift monitor: %s; tiers %s", settings, notes)
+    return monitor
+
+
+def _drift_message(status: DriftStatus) -> str:
+    """'drift alarm ON at tier cheap ...: escalation 0.81 vs 0.49 expected (p=3e-09), ...':
+    the tests that fired (all tests when it clears), observed against expected."""
+    named = status.fired if status.alarm else list(status.tests)
+    fired = ", ".join(
+        f"{name} {r.observed:.3g} vs {r.expected:.3g} expected (p={r.p_value:.2g})"
+        for name in named
+        if (r := status.tests[name]).p_value is not None
+        and r.observed is not None
+        and r.expected is not None
+    )
+    state = "ON" if status.alarm else "cleared"
+    return (
+        f"drift alarm {state} at tier {status.tier} after {status.requests} requests "
+        f"(window {status.window}, level {status.level:.2g}): {fired or 'no test'}"
+    )
+
+
+def _mark_adapted(
+    routing: Routing, outcome: CascadeOutcome, names: list[str], adapted: set[str]
+) -> None:
+    """Flag the record's thresholds that adaptive conformal had moved."""
+    for a in routing.attempts:
+        a.adapted = a.threshold is not None and a.tier in adapted
+    decided = [names[c.tier] for c in outcome.calls if c.signal is not None]
+    routing.threshold_adapted = bool(decided) and decided[-1] in adapted
 
 
 def retryable(e: BaseException) -> bool:

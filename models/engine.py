@@ -77,5 +77,11 @@ class Engine(Protocol):
         """Tokens `text` takes as a prompt, for the ingress's length limits."""
         ...
 
+    def check_alive(self) -> None:
+        """Raise EngineError when the engine can no longer generate (its process died, it was
+        shut down). Cheap, no generation: the serving layer calls it on every health check
+        and adds a real probe generation of its own for engines that are alive but wedged."""
+        ...
 
-EngineKind = Literal["auto", "transformers", "vllm"]
+
+EngineKind = Literal["auto", "transformers", "vllm", "openai"]

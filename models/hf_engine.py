@@ -54,6 +54,12 @@ class HFEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])
 
+    def check_alive(self) -> None:
+        """In process, so alive while the model is loaded; a wedged forward pass is what the
+        serving layer's probe generation (with its timeout) is there to catch."""
+        if getattr(self, "model", None) is None:
+            raise EngineError(f"the model {self.model_path!r} is not loaded")
+
     async def generate(
         self, prompts: Sequence[str], settings: SamplingSettings
     ) -> list[Generation]:

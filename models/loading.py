@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from models.engine import Engine, EngineKind
 
-__all__ = ["load_engine"]
+__all__ = ["engine_kind", "load_engine"]
+
+
+def engine_kind(kind: EngineKind) -> str:
+    """The backend `auto` stands for here: vLLM when it can be imported, else transformers."""
+    if kind != "auto":
+        return kind
+    from models.vllm_engine import vllm_available
+
+    return "vllm" if vllm_available() else "transformers"
 
 
 def load_engine(kind: EngineKind, model: str, **kwargs) -> Engine:
@@ -20,16 +29,17 @@ def load_engine(kind: EngineKind, model: str, **kwargs) -> Engine:
     from models.zoo import resolve
 
     path = resolve(model)
-    if kind == "auto":
-        from models.vllm_engine import vllm_available
-
-        kind = "vllm" if vllm_available() else "transformers"
+    kind = engine_kind(kind)
     if kind == "vllm":
         from models.vllm_engine import VLLMEngine
 
         return VLLMEngine(path, **kwargs)
+    if kind == "openai":
+        from models.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(model, **kwargs)
     if kind == "transformers":
         from models.hf_engine import HFEngine
 
         return HFEngine(path, **kwargs)
-    raise ValueError(f"unknown engine {kind!r}; choose auto, transformers or vllm")
+    raise ValueError(f"unknown engine {kind!r}; choose auto, transformers, vllm or openai")

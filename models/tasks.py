@@ -6,6 +6,10 @@ never overlap whatever seed draws from them, and any caller can draw a fresh hel
 by passing a new seed.
 
     python -m models.tasks sample --split test --seed 7 --n 5 --json
+    python -m models.tasks export --split test --seed 7 --n 500 --out test.jsonl
+
+`export` writes the generic data set format (`calibration.dataset`), so the zoo's tasks go
+through the same collect / judge / calibrate path as anyone's traffic.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import string
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+
+from calibration.dataset import DatasetItem, Message, write_dataset
 
 __all__ = [
     "FAMILIES",
@@ -167,6 +173,17 @@ def judge(output: str, answer: str) -> Judgement:
     return Judgement.incorrect
 
 
+def as_item(task: Task, index: int, where: argparse.Namespace) -> DatasetItem:
+    """A task as a data set item: the chat message, its answer, the family as task type."""
+    return DatasetItem(
+        messages=[Message(role="user", content=task.prompt)],
+        reference=task.answer,
+        task_type=task.family,
+        id=f"{where.split}-{where.seed}-{index}",
+        metadata={"difficulty": task.difficulty},
+    )
+
+
 def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m models.tasks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -175,8 +192,17 @@ def _main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--json", action="store_true", help="one JSON list instead of lines")
+    e = sub.add_parser("export", help="write queries of a split as a JSONL data set")
+    e.add_argument("--split", required=True, choices=sorted(SPLITS))
+    e.add_argument("--seed", type=int, required=True)
+    e.add_argument("--n", type=int, default=1000)
+    e.add_argument("--out", required=True, help="the .jsonl file to write")
     args = parser.parse_args(argv)
     tasks = sample(args.split, args.n, args.seed)
+    if args.command == "export":
+        n = write_dataset((as_item(t, i, args) for i, t in enumerate(tasks)), args.out)
+        print(f"wrote {n} items of split {args.split} (seed {args.seed}) to {args.out}")
+        return
     if args.json:
         print(json.dumps([asdict(t) for t in tasks]))
     else:

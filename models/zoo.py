@@ -18,11 +18,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from calibration.artifact import CascadeArtifact, ModelIdentity, load_artifact
 from models.oracle import Policy
 
 if TYPE_CHECKING:
-    from calibration.config import AppArgs
     from models.engine import Generation
     from models.tasks import Task
 
@@ -43,7 +41,6 @@ __all__ = [
     "require_zoo",
     "resolve",
     "resolve_artifact",
-    "served_artifact",
     "zoo_dir",
 ]
 
@@ -166,22 +163,6 @@ def resolve_artifact(file: str, root: Path | str | None = None) -> Path:
     return path
 
 
-def served_artifact(args: AppArgs, root: Path | str | None = None) -> CascadeArtifact:
-    """The calibration an application serves: the artifact its `calibration.file` names (the
-    zoo's under `root` for 'zoo'; None: the seed's heuristic limits at every tier below the
-    top), with the config's threshold overrides applied. Raises (ValueError) when a tier below
-    the top is left uncalibrated. Serving and every offline replay of it load it here."""
-    if args.calibration.file is None:
-        artifact = CascadeArtifact.heuristic(
-            {t.name: ModelIdentity(name=t.model) for t in args.tiers[:-1]}
-        )
-    else:
-        artifact = load_artifact(resolve_artifact(args.calibration.file, root), args.tier_names)
-    artifact = artifact.with_thresholds(args.threshold_overrides())
-    artifact.check_covers(args.tier_names)
-    return artifact
-
-
 def resolve(model: str) -> str:
     """Map 'zoo:cheap' (or mid, strong, router) to its folder in the built default zoo.
 
@@ -204,13 +185,12 @@ def answer_queries(model_dir: Path | str, tasks: list[Task], batch: int = 256) -
     need the exact answers serving would give, so they share this one path."""
     from models.engine import SamplingSettings  # heavy (torch, transformers): lazy
     from models.hf_engine import HFEngine
+    from models.prompting import render_prompt
 
     engine = HFEngine(str(model_dir))
     settings = SamplingSettings(max_tokens=ANSWER_MAX_TOKENS, top_logprobs=5)
     prompts = [
-        engine.tokenizer.apply_chat_template(
-            [{"role": "user", "content": t.prompt}], tokenize=False, add_generation_prompt=True
-        )
+        render_prompt(engine.tokenizer, messages=[{"role": "user", "content": t.prompt}])
         for t in tasks
     ]
     out: list[Generation] = []

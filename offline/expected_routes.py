@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from calibration.config import AppArgs
+from models.served_calibration import served_artifact
 from models.tasks import Judgement, Task, judge
-from models.zoo import ANSWER_MAX_TOKENS, served_artifact
+from models.zoo import ANSWER_MAX_TOKENS
 from offline.replay import load_split
 from offline.served import replay_served
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration.feedback import FeedbackConfig, feature_matrix, feature_names
+from calibration.generation import generation_from_dict, generation_to_dict
 from calibration.policy import TierConfig
 from models.engine import Generation
 from models.oracle import Policy, true_policy
@@ -28,10 +29,12 @@ from models.tasks import Judgement, Task, judge, sample
 __all__ = [
     "CACHE_VERSION",
     "EvalSplit",
+    "RouterRows",
     "cache_dir",
     "load_split",
     "model_fingerprint",
     "param_count",
+    "router_rows",
     "zoo_tiers",
 ]
 
@@ -94,28 +97,8 @@ def zoo_tiers(root: str | Path, names: Sequence[str] = ("cheap", "strong")) -> l
     ]
 
 
-def _to_json(g: Generation) -> dict:
-    return {
-        "text": g.text,
-        "token_ids": list(g.token_ids),
-        "logprobs": list(g.logprobs),
-        "top_logprobs": [[list(p) for p in row] for row in g.top_logprobs],
-        "finish_reason": g.finish_reason,
-        "prompt_tokens": g.prompt_tokens,
-        "completion_tokens": g.completion_tokens,
-    }
-
-
-def _from_json(d: dict) -> Generation:
-    return Generation(
-        text=d["text"],
-        token_ids=tuple(d["token_ids"]),
-        logprobs=tuple(d["logprobs"]),
-        top_logprobs=tuple(tuple((t, lp) for t, lp in row) for row in d["top_logprobs"]),
-        finish_reason=d["finish_reason"],
-        prompt_tokens=d["prompt_tokens"],
-        completion_tokens=d["completion_tokens"],
-    )
+_to_json = generation_to_dict
+_from_json = generation_from_dict
 
 
 def _cache_path(kind: str, model_dir: Path, split: str, seed: int, n: int) -> Path:
@@ -161,6 +144,22 @@ class RouterRows:
     source: str
 
 
+def router_rows(router_dir: str | Path, prompts: list[str]) -> RouterRows:
+    """`models.router_model.RouterWithHead` on every prompt (the only router inference, the
+    one the Router deployment runs), as the evaluation's rows."""
+    from models.oracle import Policy
+    from models.router_model import RouterWithHead
+
+    out = RouterWithHead(router_dir)(prompts)
+    complex_id = out.labels.index(Policy.complex.value)
+    return RouterRows(
+        list(out.policies),
+        out.probabilities[:, complex_id].numpy().astype(float),
+        out.confidence.numpy().astype(float),
+        out.confidence_source,
+    )
+
+
 def cached_router_outputs(
     router_dir: str | Path, tasks: list[Task], split: str, seed: int
 ) -> RouterRows:
@@ -175,17 +174,7 @@ def cached_router_outputs(
             return RouterRows(
                 d["policy"], np.asarray(d["p_complex"]), np.asarray(d["confidence"]), d["source"]
             )
-    from models.oracle import Policy
-    from models.router_model import RouterWithHead
-
-    out = RouterWithHead(router_dir)([t.prompt for t in tasks])
-    complex_id = out.labels.index(Policy.complex.value)
-    rows = RouterRows(
-        list(out.policies),
-        out.probabilities[:, complex_id].numpy().astype(float),
-        out.confidence.numpy().astype(float),
-        out.confidence_source,
-    )
+    rows = router_rows(router_dir, [t.prompt for t in tasks])
     _write_atomic(
         path,
         {

@@ -16,13 +16,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from calibration.artifact import CascadeArtifact, CascadeCalibration, ModelIdentity
-from calibration.config import SERVE_CONFIG, AppArgs
-from calibration.conformal import calibrate
+from calibration.artifact import CascadeArtifact, ModelIdentity
+from calibration.config import SERVE_CONFIG, AppArgs, TierArgs
+from calibration.identity import TierIdentity
 from models.zoo import CALIBRATION_FILE
-from offline.evaluate import fit_quality_estimator
+from offline.ladder_calibration import calibrate_ladder
 from offline.replay import load_split, model_fingerprint
-from offline.served import replay_served
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -41,8 +40,10 @@ DEFAULT_ALPHA = 0.02
 SERVE_CONFIG_3TIER = SERVE_CONFIG.with_name("serve_config.3tier.yaml")
 # Bumped whenever what is derived changes (3: one threshold per tier below the top, each on
 # the population the served router + head + policy send it; the head is trained first); a zoo
-# whose derived artifacts are older is re-derived (seconds), its models are kept.
-DERIVED_VERSION = 3
+# whose derived artifacts are older is re-derived (seconds), its models are kept. 4: each
+# tier's calibration records its drift reference (calibration.drift_reference). 5: and its
+# calibration sample (adaptive conformal) and model identity (checked at start-up).
+DERIVED_VERSION = 5
 
 
 def calibration_ladder(root: Path) -> AppArgs:
@@ -75,36 +76,45 @@ def build_zoo_calibration(
     a tier's population is known before its own threshold); save `root/calibration.json`."""
     root = Path(root)
     policy = calibration_ladder(root).policy()
-    names, top = policy.tier_names, policy.tier_names[-1]
+    names = policy.tier_names
     fit = load_split("validation", n_fit, seed, root=root, tiers=names, router=None)
     cal = load_split("calibration", n_cal, seed, root=root, tiers=names)
-    done: dict[str, CascadeCalibration] = {}
-    for t, name in enumerate(names[:-1]):
-        so_far = CascadeArtifact(tiers=done) if done else None
-        here = replay_served(policy, so_far, cal, upto=t).reached[name]
-        scorer = fit_quality_estimator(fit, name)
-        scores = scorer.score_many(cal.features[name][here], cal.feature_names)
-        res = calibrate(
-            mode,
-            scores,
-            alpha,
-            wrong=~cal.correct[name][here],
-            strong_right=cal.correct[top][here],
-        )
-        model = ModelIdentity(
+    models = {
+        name: ModelIdentity(
             name=f"zoo:{name}", path=str(root / name), fingerprint=model_fingerprint(root / name)
         )
-        where = f"calibration seed={seed}: {int(here.sum())} of {cal.n} queries reach {name}"
-        done[name] = CascadeCalibration.from_result(
-            res, scorer, cal.feedback, model, f"{where}; fit: validation n={n_fit}"
-        )
-    artifact = CascadeArtifact(
-        tiers=done,
-        population=f"calibration queries the served router (+ confidence head, threshold "
-        f"{policy.router_threshold:g}) and policy send to each tier; ladder {names}",
+        for name in names[:-1]
+    }
+    artifact = calibrate_ladder(
+        policy,
+        fit,
+        cal,
+        mode=mode,
+        alpha=alpha,
+        models=models,
+        identities=zoo_identities(root, names[:-1]),
+        where=f"zoo calibration split seed={seed} (fit: validation)",
     )
     artifact.save(root / CALIBRATION_FILE)
     return artifact
+
+
+def zoo_identities(root: Path, names: list[str]) -> dict[str, TierIdentity]:
+    """What the zoo's answers were made with: the transformers engine, float32, greedy,
+    `ANSWER_MAX_TOKENS`, top-5 (`models.zoo.answer_queries`)."""
+    from models.engine import SamplingSettings
+    from models.identity import tier_identity
+    from models.zoo import ANSWER_MAX_TOKENS
+
+    settings = SamplingSettings(max_tokens=ANSWER_MAX_TOKENS, top_logprobs=5)
+    return {
+        name: tier_identity(
+            TierArgs(name=name, model=str(root / name), engine_kwargs={"dtype": "float32"}),
+            settings,
+            "transformers",
+        ).model_copy(update={"model": f"zoo:{name}"})
+        for name in names
+    }
 
 
 def build_derived(root: Path, seed: int = 0) -> dict:

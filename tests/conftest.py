@@ -3,36 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
-_exit_status: int | None = None
-
-
-def pytest_sessionfinish(session, exitstatus) -> None:
-    global _exit_status
-    _exit_status = int(exitstatus)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config) -> None:
-    """Leave with the session's own status, skipping interpreter finalisation.
-
-    After a full run (every test passed, the summary printed), the interpreter sometimes
-    crashed while finalising: a native background thread left by Ray's core worker or vLLM's
-    engine client ran into memory already freed (a segfault at an unmapped instruction pointer,
-    seen once in several runs here), and `make test` failed on a green session. Everything the
-    tests own is shut down by their fixtures before this point; what is skipped is only the
-    interpreter's own teardown."""
-    if _exit_status is None:
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_exit_status)
 
 
 @pytest.fixture(scope="session")

@@ -135,6 +135,9 @@ BAD = [
     ("too many stops", chat("1+1", stop=["a", "b", "c", "d", "e"]), 400, "stop"),
     ("prompt over the character limit", chat("1" * 41), 400, "messages"),
     ("prompt over the token limit", chat("rev abcdefghabcdefghabcd"), 400, "messages"),
+    # found by benchmarks/bench_fuzz: a seed past 64 bits failed inside the engines (a 503)
+    ("seed beyond 64 bits", chat("1+1", seed=2**64, temperature=0.5), 400, "seed"),
+    ("seed below 64 bits", chat("1+1", seed=-(2**63) - 1), 400, "seed"),
 ]
 
 
@@ -154,14 +157,22 @@ def test_text_completions_validate_too(base):
     assert r.status_code == 400 and r.json()["error"]["param"] == "echo"
 
 
+_SURROGATE = b'{"model": "cascade", "messages": [{"role": "user", "content": "S"}]}'
+
+
 @pytest.mark.parametrize(
     ("body", "what"),
     [
         (b"{not json", "JSON"),
         (b'{"model": "cascade", "messages": [\xff\xfe]}', "JSON"),
         (b"\xff\xfe\x00\x01", "JSON"),
+        # found by benchmarks/bench_fuzz: lone surrogates (JSON escapes, or UTF-8-encoded, which
+        # Python's JSON reader lets through) reached the tokenizers: every tier failed, a 503
+        (_SURROGATE.replace(b"S", rb"\ud800"), "messages[0].content: not valid Unicode"),
+        (_SURROGATE.replace(b"S", b"\xed\xa0\x80"), "messages[0].content: not valid Unicode"),
+        (_SURROGATE.replace(b"]}", rb'], "stop": "\udfff"}'), "stop: not valid Unicode"),
     ],
-    ids=["malformed", "non-utf8-inside", "non-utf8"],
+    ids=["malformed", "non-utf8-inside", "non-utf8", "surrogate", "utf8-surrogate", "stop"],
 )
 def test_unreadable_bodies_get_a_400(base, body, what):
     r = post(base, body, headers={"content-type": "application/json"})

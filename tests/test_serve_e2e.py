@@ -119,6 +119,10 @@ def test_models_health_and_stats(client, service):
     assert stats["requests"] >= 1
     assert set(stats["answered_by"]) <= {"cheap", "strong"}
     assert stats["calibration"]["mode"] in ("budget", "recall", "risk")
+    drift = stats["drift"]  # the drift monitor (calibration.drift), on the zoo's references
+    assert drift["enabled"] and drift["alpha"] == 0.001 and set(drift["tiers"]) == {"cheap"}
+    cheap = drift["tiers"]["cheap"]
+    assert cheap["reference"] and not cheap["alarm"] and cheap["requests"] <= drift["requests"]
 
 
 def test_bad_requests_get_openai_style_400s(client, service):
@@ -165,3 +169,95 @@ def test_serving_decides_as_the_offline_evaluation(service):
     assert result["same_route"] == 1.0, result["disagreements"]
     assert abs(result["served"]["accuracy"] - result["offline"]["accuracy"]) <= 0.05, result
     assert abs(result["served"]["cost"] - result["offline"]["cost"]) <= 0.05, result
+
+
+# --- engine: openai, against this running graph (a real OpenAI-compatible server) ----------
+
+
+def test_openai_engine_reads_logprobs_from_a_real_server(service, zoo):
+    from models.engine import SamplingSettings
+    from models.hf_engine import HFEngine
+    from models.openai_engine import OpenAIEngine
+
+    base, _ = service
+    remote = OpenAIEngine("cheap", base_url=f"{base}/v1", top_logprobs=5)
+    local = HFEngine(str(zoo / "cheap"))
+    prompts = [t.prompt for t in sample("test", 4, seed=5)]
+    settings = SamplingSettings(max_tokens=6, top_logprobs=5)
+    got = asyncio.run(remote.generate(prompts, settings))
+    want = local.generate_sync(prompts, settings)
+    for g, w in zip(got, want, strict=True):
+        assert g.text == w.text and len(g.logprobs) == len(w.logprobs) >= 1
+        assert max(abs(a - b) for a, b in zip(g.logprobs, w.logprobs, strict=True)) < 1e-3
+        assert g.top_logprob_matrix().shape == (len(w.logprobs), 5)
+
+
+def test_openai_engine_refuses_an_endpoint_without_logprobs(service):
+    """A real proxy in front of the graph that drops logprobs, as some hosted APIs do."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from models.engine import EngineError
+    from models.openai_engine import OpenAIEngine
+
+    base, _ = service
+
+    class Strip(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            r = httpx.post(
+                f"{base}{self.path}",
+                content=body,
+                headers={"Content-Type": "application/json"},
+                timeout=60,
+            )
+            payload = r.json()
+            for choice in payload.get("choices", []):
+                choice["logprobs"] = None
+            out = json.dumps(payload).encode()
+            self.send_response(r.status_code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Strip)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{proxy.server_address[1]}/v1"
+    try:
+        with pytest.raises(EngineError, match="returned no logprobs"):
+            OpenAIEngine("cheap", base_url=url)
+        OpenAIEngine("strong", base_url=url, require_logprobs=False)  # a top tier may
+    finally:
+        proxy.shutdown()
+    with pytest.raises(EngineError, match="CASCADE_TEST_NO_SUCH_KEY is not set"):
+        OpenAIEngine("cheap", base_url=f"{base}/v1", api_key_env="CASCADE_TEST_NO_SUCH_KEY")
+
+
+def test_collect_through_openai_tiers(service, tmp_path):
+    """`engine: openai` tiers from the typed config, through the same collect as local ones."""
+    from calibration.dataset import load_dataset
+    from models.tasks import _main as tasks_main
+    from offline.collect import collect
+    from offline.traces import TraceStore
+
+    base, _ = service
+    remote = {"engine": "openai", "engine_kwargs": {"base_url": f"{base}/v1"}}
+    app = AppArgs(
+        tiers=[
+            {"name": "cheap", "model": "cheap", **remote},
+            {"name": "strong", "model": "strong", **remote},
+        ],
+        limits={"default_max_tokens": 8},
+    )
+    data = tmp_path / "items.jsonl"
+    tasks_main(["export", "--split", "test", "--seed", "9", "--n", "6", "--out", str(data)])
+    reports = collect(app, load_dataset(data), tmp_path / "t", data=str(data), progress=False)
+    assert [(r.tier, r.collected) for r in reports] == [("cheap", 6), ("strong", 6)]
+    store = TraceStore(tmp_path / "t")
+    ident = store.manifest().tiers["cheap"]
+    assert ident.engine == "openai" and ident.top_k == 5
+    assert all(len(g.logprobs) >= 1 for g in store.answers("cheap", ident).values())

@@ -19,6 +19,8 @@ COMMANDS: tuple[str, ...] = (
     "offline.cli.evaluate",
     "offline.cli.conformal",
     "offline.cli.head",
+    "offline.cli.traces",
+    "offline.cli.calibrate",
 )
 
 

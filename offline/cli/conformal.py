@@ -86,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
     policy = load_policy(args, root)
     tiers = tuple(policy.tier_names)
     log(f"answers: calibration n={args.n_cal}, test n={args.n}, seed {args.seed} (cached)")
-    cal = load_split("calibration", args.n_cal, args.seed, root=root, tiers=tiers, router=None)
+    # the router's verdicts only for the artifact's drift reference (`_with_drift`)
+    router = "router" if args.out is not None else None
+    cal = load_split("calibration", args.n_cal, args.seed, root=root, tiers=tiers, router=router)
     test = load_split("test", args.n, args.seed, root=root, tiers=tiers, router=None)
     scorer = _scorer(args, root, tiers)
     artifact, check = _calibrate_and_check(args, root, scorer, cal, test)
@@ -102,9 +104,20 @@ def run(args: argparse.Namespace) -> int:
         "policy_source": describe_policy(args),
     }
     if args.out is not None:
-        result["artifact"] = str(artifact.save(args.out))
+        result["artifact"] = str(_with_drift(policy, artifact, cal, args).save(args.out))
     emit(result, args.json, _text(result))
     return 0
+
+
+def _with_drift(policy, artifact, cal, args: argparse.Namespace):
+    """The cheapest tier's artifact with its drift reference: the calibration split replayed
+    through the served policy (router verdicts included), as the zoo's artifact records it."""
+    from calibration.artifact import CascadeArtifact
+    from offline.ladder_calibration import record_drift
+
+    first = policy.tier_names[0]
+    where = f"calibration seed={args.seed} n={args.n_cal}"
+    return record_drift(policy, CascadeArtifact(tiers={first: artifact}), cal, where).tiers[first]
 
 
 def _scorer(args: argparse.Namespace, root: Path, tiers: tuple[str, ...]):

@@ -33,6 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("artifacts"), help="folder for the PNG")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--traces",
+        type=Path,
+        default=None,
+        help="evaluate on collected, judged traces (python -m calibration collect / judge) "
+        "instead of the zoo's splits: the held-out part of `calibrate`'s split (same --seed), "
+        "the served artifact from the config's calibration.file",
+    )
     p.set_defaults(run=run)
 
 
@@ -86,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     from offline.plots import cost_quality_plot
     from offline.replay import load_split
 
+    if args.traces is not None:
+        return _run_traces(args)
     if args.split in (args.fit_split, "calibration"):
         raise SystemExit(
             f"--split {args.split} is used to fit or calibrate; evaluate on another split"
@@ -116,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _served(args: argparse.Namespace, root: Path, tiers: list[str]):
     """(policy, artifact) of the served application, when its ladder is the evaluated one."""
-    from models.zoo import served_artifact
+    from calibration.identity import IdentityMismatch
+    from models.served_calibration import served_artifact
     from offline.cli.common import load_app_args
 
     app = load_app_args(args)
@@ -125,6 +136,8 @@ def _served(args: argparse.Namespace, root: Path, tiers: list[str]):
         return None
     try:
         artifact = served_artifact(app, root)
+    except IdentityMismatch as e:  # evaluating another model's calibration would mislead
+        raise SystemExit(f"cannot evaluate the served policy: {e}") from e
     except (FileNotFoundError, RuntimeError) as e:
         log(f"no `served` strategy: {e}")
         return None
@@ -134,7 +147,7 @@ def _served(args: argparse.Namespace, root: Path, tiers: list[str]):
 def _three_tier(args: argparse.Namespace, root: Path) -> dict | None:
     """The 3-tier table (serve_config.3tier.yaml on the zoo with its middle tier)."""
     from calibration.config import AppArgs
-    from models.zoo import served_artifact
+    from models.served_calibration import served_artifact
     from offline.ladder import ladder_table
     from offline.replay import load_split
     from offline.zoo_artifacts import SERVE_CONFIG_3TIER
@@ -146,3 +159,38 @@ def _three_tier(args: argparse.Namespace, root: Path) -> dict | None:
     test = load_split(args.split, args.n, args.seed, root=root, tiers=names)
     artifact = served_artifact(app, root)
     return {"config": SERVE_CONFIG_3TIER.name, **ladder_table(app.policy(), artifact, test)}
+
+
+def _run_traces(args: argparse.Namespace) -> int:
+    """The same evaluation on the user's traces: fit / calibration / held-out as `calibrate`
+    split them (same --seed), every strategy replayed on the held-out part."""
+    from calibration.dataset import DatasetError, load_dataset
+    from calibration.identity import IdentityMismatch
+    from models.served_calibration import served_artifact
+    from offline.cli.common import load_app_args
+    from offline.evaluate import EvalSettings, evaluate
+    from offline.trace_split import trace_splits
+    from offline.traces import TraceStore
+
+    app = load_app_args(args)
+    store = TraceStore(args.traces)
+    try:
+        items = load_dataset(Path(store.manifest().data))
+        splits = trace_splits(store, items, app, seed=args.seed)
+        artifact = served_artifact(app)
+    except (DatasetError, FileNotFoundError, IdentityMismatch, ValueError) as e:
+        raise SystemExit(f"cannot evaluate: {e}") from e
+    policy = app.policy()
+    log(f"traces {args.traces}: {splits.holdout.n} held-out items evaluated")
+    report = evaluate(
+        policy,
+        splits.holdout,
+        splits.calibration,
+        splits.fit,
+        EvalSettings(seed=args.seed),
+        (policy, artifact),
+    )
+    report["policy_source"] = f"serve config {args.serve_config}"
+    report["split"] = f"traces held-out ({args.traces})"
+    emit(report, args.json, _text(report))
+    return 0
