@@ -195,4 +195,3 @@ class VLLMEngine:
         if engine is not None:
             engine.shutdown()
             del engine
-
