@@ -21,69 +21,32 @@ Risk is the loss each tier's threshold bounds: accepted there, wrong, and the to
 over the requests that reached the tier (as `offline.served.realised_guarantees`). Cost is per
 request, relative to always asking the top tier.
 
-The artifact's tiers need a `CalibrationSample`. A zoo artifact written without them gets them
-here (`zoo_artifact_with_samples`) from the calibration split, replayed as the zoo build
-replays it, and each must reproduce its tier's threshold exactly.
+The artifact's tiers need a `CalibrationSample`; the zoo's has them since its derived version
+5 (`offline.ladder_calibration`), and any artifact `calibrate` writes does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 
 from benchmarks.tables import table
-from calibration.adaptive import AdaptiveConformal, CalibrationSample, tier_decisions
-from calibration.artifact import CascadeArtifact, load_artifact
+from calibration.adaptive import AdaptiveConformal, tier_decisions
+from calibration.artifact import CascadeArtifact
 from calibration.cascade import CascadeOutcome, run_cascade
 from calibration.config import AdaptiveArgs, AppArgs
 from calibration.policy import CascadePolicyConfig, request_cost
 from deployments.feedback import json_safe, same_answer
 from models.served_calibration import served_artifact
 from models.tasks import Judgement
-from models.zoo import resolve_artifact
 from offline.replay import EvalSplit, load_split
-from offline.served import begin_run, replay_served
-from offline.zoo_artifacts import calibration_ladder
+from offline.served import begin_run
 
-__all__ = ["STREAMS", "replay", "streams", "zoo_artifact_with_samples"]
+__all__ = ["STREAMS", "replay", "streams"]
 
 STREAMS = ("unshifted", "sub", "drift")
-
-
-def zoo_artifact_with_samples(
-    root: Path | None = None, seed: int = 0, n_cal: int = 2000
-) -> CascadeArtifact:
-    """The zoo's artifact with a `CalibrationSample` at every tier: its own when it has them,
-    else the scores and labels of the calibration queries that reach each tier under the
-    served policy (the zoo build's defaults: seed 0, 2000 queries). Raises when a sample does
-    not give back its tier's threshold (the population would not be the one calibrated)."""
-    ladder = calibration_ladder(root) if root is not None else calibration_ladder(_zoo())
-    policy = ladder.policy()
-    names, top = policy.tier_names, policy.tier_names[-1]
-    artifact = load_artifact(resolve_artifact("zoo", root), names)
-    if all(c.sample is not None for c in artifact.tiers.values()):
-        return artifact
-    cal = load_split("calibration", n_cal, seed, root=root, tiers=names)
-    tiers = {}
-    for t, name in enumerate(names[:-1]):
-        c = artifact.tiers[name]
-        here = replay_served(policy, artifact, cal, upto=t).reached[name]
-        scores = c.build_scorer().score_many(cal.features[name][here], cal.feature_names)
-        wrong, right = ~cal.correct[name][here], cal.correct[top][here]
-        sample = CalibrationSample.of(c.mode, scores, wrong=wrong, strong_right=right)
-        if c.alpha is None or sample.threshold(c.alpha) != c.threshold:
-            raise ValueError(f"tier {name}: the calibration replay does not reproduce {c}")
-        tiers[name] = c.model_copy(update={"sample": sample})
-    return artifact.model_copy(update={"tiers": tiers})
-
-
-def _zoo() -> Path:
-    from models.zoo import zoo_dir
-
-    return zoo_dir()
 
 
 def _subset(data: EvalSplit, idx: np.ndarray) -> EvalSplit:
@@ -248,10 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.n = 1000
     app = AppArgs.from_serve_config(args.config)
-    if app.calibration.file == "zoo":  # the zoo's, with samples, and the config's overrides
-        artifact = zoo_artifact_with_samples().with_thresholds(app.threshold_overrides())
-    else:  # its tiers need their samples
-        artifact = served_artifact(app)
+    artifact = served_artifact(app)  # the served one, the config's overrides applied
     records = run(app, artifact, args)
     if args.json:
         print(json.dumps(json_safe({"settings": vars(args), "records": records}), indent=2))

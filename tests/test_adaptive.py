@@ -287,11 +287,11 @@ def _graph_args(artifact: Path, tokens: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def base(zoo, tmp_path_factory):
-    from benchmarks.bench_adaptive import zoo_artifact_with_samples
     from deployments.local import running_app
+    from models.zoo import resolve_artifact
 
     folder = tmp_path_factory.mktemp("adaptive")
-    artifact = zoo_artifact_with_samples().save(folder / "calibration.json")
+    artifact = resolve_artifact("zoo")  # it carries every tier's calibration sample
     (tokens := folder / "tokens").write_text(f"{TOKEN}\n")
     with running_app(_graph_args(artifact, tokens)) as (url, _):
         yield url

@@ -199,6 +199,9 @@ def test_cli_conformal_json_and_artifact(synthetic_cli, capsys, mode):
 
     art = CascadeCalibration.load(out_path)
     assert art.mode == mode and art.threshold == pytest.approx(float(out["threshold"]))
+    assert art.identity is not None and art.identity.model == "zoo:cheap"  # synthetic: no weights
+    if mode != "recall":  # adaptive conformal can recompute this threshold from the sample
+        assert art.sample is not None and art.sample.threshold(0.1) == art.threshold
 
 
 def test_cli_conformal_heuristic(synthetic_cli, capsys):

@@ -142,9 +142,11 @@ def _calibrate_and_check(args: argparse.Namespace, root: Path, scorer, cal, test
     quantities, no guarantee)."""
     import numpy as np
 
+    from calibration.adaptive import CalibrationSample
     from calibration.artifact import CascadeCalibration, ModelIdentity
     from calibration.conformal import calibrate, empirical, trials
     from offline.replay import model_fingerprint
+    from offline.zoo_artifacts import zoo_identities
 
     first = cal.tiers[0]
     model = ModelIdentity(
@@ -172,9 +174,14 @@ def _calibrate_and_check(args: argparse.Namespace, root: Path, scorer, cal, test
     res = calibrate(
         args.mode, scores(cal), args.alpha, wrong=cal.wrong, strong_right=cal.strong_right
     )
-    artifact = CascadeCalibration.from_result(
-        res, scorer, cal.feedback, model, f"calibration seed={args.seed} n={args.n_cal}"
+    sample = (  # what adaptive conformal recomputes the threshold from, as the ladder stores it
+        CalibrationSample.of(args.mode, scores(cal), wrong=cal.wrong, strong_right=cal.strong_right)
+        if args.mode in ("budget", "risk")
+        else None
     )
+    artifact = CascadeCalibration.from_result(
+        res, scorer, cal.feedback, model, f"calibration seed={args.seed} n={args.n_cal}", sample
+    ).model_copy(update={"identity": zoo_identities(root, [first])[first]})
     log(f"checking over {args.trials} random partitions")
     check = trials(
         args.mode,
