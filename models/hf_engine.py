@@ -50,9 +50,15 @@ class HFEngine:
         self.model_path = model_path
         self.max_length = int(getattr(self.model.config, "max_position_embeddings", 4096))
         self._lock = threading.Lock()
+        # A fast tokenizer's padding setting is state on the shared Rust object: a call with
+        # padding (a batch, in a worker thread) racing one without (count_tokens, a health
+        # probe) breaks the batch's tensors. Tokenizing takes microseconds, so it gets its own
+        # lock rather than waiting behind a forward pass.
+        self._tokenizer_lock = threading.Lock()
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text)["input_ids"])
+        with self._tokenizer_lock:
+            return len(self.tokenizer(text)["input_ids"])
 
     def check_alive(self) -> None:
         """In process, so alive while the model is loaded; a wedged forward pass is what the
@@ -70,7 +76,9 @@ class HFEngine:
         """Blocking generate; the zoo build and offline evaluation call this directly."""
         if not prompts:
             return []
-        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True).to(self.device)
+        with self._tokenizer_lock:
+            enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
+        enc = enc.to(self.device)
         prompt_len = enc["input_ids"].shape[1]
         if prompt_len + settings.max_tokens > self.max_length:
             raise ValueError(
