@@ -202,7 +202,8 @@ class CascadeServer:
             # the signal below the top: for the decision, and for a forced tier's record
             sig = self._signal(name, out, adapted) if tier < self.policy.top else None
             d = run.observe(sig, out.completion_tokens)
-            self.metrics.cost.inc(run.calls[-1].cost, tags={"tier": name})
+            if run.calls[-1].cost > 0:  # Ray's Counter refuses inc(0): a free tier would 500
+                self.metrics.cost.inc(run.calls[-1].cost, tags={"tier": name})
             if d.escalate:
                 self.metrics.escalations.inc(tags={"tier": name, "reason": d.cause})
         outcome = run.outcome()

@@ -30,7 +30,9 @@ def _args(tokens_file: Path) -> dict:
     tier = {"engine": "transformers", "timeout_s": 3, "retries": 1, "retry_backoff_s": 0.1}
     return {
         "tiers": [
-            {"name": "cheap", "model": "zoo:cheap", "cost_per_request": 0.05, **tier},
+            # free, as a self-hosted tier often is (serve_config.gpu.yaml): a cost of 0 must
+            # count, not fail the request (Ray's Counter refuses inc(0))
+            {"name": "cheap", "model": "zoo:cheap", "cost_per_request": 0.0, **tier},
             {
                 "name": "strong",
                 "model": "zoo:strong",
@@ -236,7 +238,7 @@ def test_strong_tier_error_degrades_to_the_cheap_answer(base, faults):
     assert routing["degraded"] and routing["final_tier"] == "cheap"
     assert "strong" in routing["degraded_reason"] and "injected fault" in routing["degraded_reason"]
     assert [a["outcome"] for a in routing["attempts"]] == ["escalated", "failed"]
-    assert routing["cost"] == pytest.approx(0.05 + 0.1)  # cheap + the failed call's cost
+    assert routing["cost"] == pytest.approx(0.0 + 0.1)  # free cheap + the failed call's cost
     assert r.json()["choices"][0]["message"]["content"]
 
 
