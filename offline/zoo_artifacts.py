@@ -42,8 +42,9 @@ SERVE_CONFIG_3TIER = SERVE_CONFIG.with_name("serve_config.3tier.yaml")
 # the population the served router + head + policy send it; the head is trained first); a zoo
 # whose derived artifacts are older is re-derived (seconds), its models are kept. 4: each
 # tier's calibration records its drift reference (calibration.drift_reference). 5: and its
-# calibration sample (adaptive conformal) and model identity (checked at start-up).
-DERIVED_VERSION = 5
+# calibration sample (adaptive conformal) and model identity (checked at start-up). 6: the
+# head's ranking-margin loss at the design's margin 0.3 (was 0.1).
+DERIVED_VERSION = 6
 
 
 def calibration_ladder(root: Path) -> AppArgs:

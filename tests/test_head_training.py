@@ -149,6 +149,10 @@ def test_auxiliary_losses():
     expected = (0 + 0.05 + 0 + 0.15) / 4
     assert ranking_loss(conf, y, 0.1).item() == pytest.approx(expected)
     assert ranking_loss(conf, torch.ones(4), 0.1).item() == 0.0
+    # at the design's default margin 0.3: (0, .25, 0, .35)
+    margin = RLConfig().ranking_margin
+    assert margin == 0.3
+    assert ranking_loss(conf, y, margin).item() == pytest.approx((0 + 0.25 + 0 + 0.35) / 4)
 
 
 def test_fit_head_on_label_sets(data):

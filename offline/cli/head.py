@@ -121,7 +121,12 @@ def _head(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=4, help="Beta samples per query (K)")
     p.add_argument("--cal-weight", type=float, default=0.3, help="calibration-loss weight")
     p.add_argument("--rank-weight", type=float, default=0.5, help="ranking-loss weight")
-    p.add_argument("--rank-margin", type=float, default=0.1)
+    p.add_argument(
+        "--rank-margin",
+        type=float,
+        default=None,
+        help="ranking-loss margin (default: RLConfig's, the design's 0.3)",
+    )
     p.add_argument(
         "--num-workers",
         type=int,
@@ -189,14 +194,15 @@ def _configs(args: argparse.Namespace):
             patience=args.patience,
             seed=args.train_seed,
         )
+        margin = {} if args.rank_margin is None else {"ranking_margin": args.rank_margin}
         rl = RLConfig(
             steps=args.rl_steps,
             lr=args.rl_lr,
             samples=args.samples,
             calibration_weight=args.cal_weight,
             ranking_weight=args.rank_weight,
-            ranking_margin=args.rank_margin,
             seed=args.train_seed,
+            **margin,
         )
     except ValueError as e:
         raise SystemExit(f"bad head option: {e}") from e
