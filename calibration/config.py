@@ -134,6 +134,27 @@ class RouterArgs(_Strict):
     trust_remote_code: bool = Field(
         default=False, description="Run the checkpoint's own code; only for a model you trust."
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="Where the router runs: auto = cuda when the replica sees a GPU, else cpu; "
+        "cuda without one is refused when the router loads (models.router_device).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="The router's weights: auto = bfloat16 on cuda, float32 on cpu; float16 "
+        "is refused on cpu. The confidence head always runs in float32.",
+    )
+
+    @model_validator(mode="after")
+    def _no_float16_on_cpu(self) -> RouterArgs:
+        # auto devices are checked where torch is (models.router_device); this is the case a
+        # config file alone already shows to be wrong
+        if self.device == "cpu" and self.dtype == "float16":
+            raise ValueError(
+                "router dtype float16 is not supported on cpu (slow, inaccurate kernels); "
+                "use dtype: float32 or bfloat16 on cpu, or device: cuda"
+            )
+        return self
 
 
 class CalibrationArgs(_Strict):

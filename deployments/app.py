@@ -44,7 +44,10 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
     router = None
     if args.router.enabled:
         router = RouterDeployment.options(name=ROUTER, **opts.get(ROUTER, {})).bind(
-            model=args.router.model, trust_remote_code=args.router.trust_remote_code
+            model=args.router.model,
+            trust_remote_code=args.router.trust_remote_code,
+            device=args.router.device,
+            dtype=args.router.dtype,
         )
     return Ingress.options(name=INGRESS, **opts.get(INGRESS, {})).bind(
         args.model_dump(), tiers, router

@@ -2,6 +2,8 @@
 
 The router reads the raw user query (not a tier's chat format). Without a trained head the
 router's max class probability stands in, and the response says so (`confidence_source`).
+It runs where the config's `router.device`/`router.dtype` say ("auto": cuda + bfloat16 when the
+replica has a GPU, else cpu + float32); `info()` reports what they resolved to.
 """
 
 from __future__ import annotations
@@ -21,9 +23,26 @@ logger = logging.getLogger("ray.serve")
 
 @serve.deployment
 class RouterDeployment:
-    def __init__(self, model: str = "zoo:router", trust_remote_code: bool = False) -> None:
-        self.router = RouterWithHead(resolve(model), trust_remote_code=trust_remote_code)
-        logger.info("router %s, confidence from %s", model, self.router.confidence_source)
+    def __init__(
+        self,
+        model: str = "zoo:router",
+        trust_remote_code: bool = False,
+        device: str = "auto",
+        dtype: str = "auto",
+    ) -> None:
+        self.router = RouterWithHead(
+            resolve(model), trust_remote_code=trust_remote_code, device=device, dtype=dtype
+        )
+        placed = self.router.placement
+        logger.info(
+            "router %s on %s in %s (config: device=%s, dtype=%s), confidence from %s",
+            model,
+            placed["device"],
+            placed["dtype"],
+            device,
+            dtype,
+            self.router.confidence_source,
+        )
 
     async def predict(self, query: str) -> dict:
         return await self._predict_batch(query)
@@ -34,4 +53,8 @@ class RouterDeployment:
         return out.to_dicts()
 
     def info(self) -> dict:
-        return {"confidence_source": self.router.confidence_source, "labels": self.router.labels}
+        return {
+            "confidence_source": self.router.confidence_source,
+            "labels": self.router.labels,
+            **self.router.placement,
+        }

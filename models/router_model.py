@@ -15,6 +15,10 @@ still answers, with the router's max class probability as the confidence, labell
     from models.router_model import RouterWithHead
     out = RouterWithHead("~/.cache/cascade-router/zoo/router")(["12+7", "rev abcdefg"])
     out.policies, out.confidence, out.confidence_source   # [...], (2,), "confidence_head"
+
+`device`/`dtype` (the config's `router.device`/`router.dtype`, resolved by
+`models.router_device`) place the router, e.g. on cuda in bfloat16; the head always runs in
+float32 beside it, and what callers get back is float32 on the CPU either way.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import torch.nn.functional as F
 from pydantic import Field, TypeAdapter, field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from safetensors.torch import load_file, save_file
+
+from models.router_device import resolve_device_dtype
 
 __all__ = [
     "HEAD_CONFIG_FILE",
@@ -227,7 +233,9 @@ class RouterWithHead:
     `head_dir` defaults to the router folder itself; `load_head=False` ignores any head. A head
     whose metadata names another router checkpoint (`router_checksum`) is not used: its
     confidence would describe a different router. `trust_remote_code` stays off unless the
-    checkpoint is known and needs it.
+    checkpoint is known and needs it. `device`/`dtype` ("auto", "cpu"/"cuda",
+    "float32"/"bfloat16"/"float16") are the config's; `self.device`/`self.dtype` what they
+    resolved to here.
     """
 
     def __init__(
@@ -237,16 +245,21 @@ class RouterWithHead:
         trust_remote_code: bool = False,
         batch_size: int = 256,
         load_head: bool = True,
+        device: str = "auto",
+        dtype: str = "auto",
     ):
         self.router_dir = Path(router_dir).expanduser()
         if not (self.router_dir / "config.json").is_file():
             raise FileNotFoundError(f"no router checkpoint (config.json) in {self.router_dir}")
         from transformers import AutoModelForSequenceClassification, AutoTokenizer  # heavy: lazy
 
+        self.device, self.dtype = resolve_device_dtype(device, dtype)  # refuses before loading
         kw = {"trust_remote_code": trust_remote_code}
         self.tokenizer = AutoTokenizer.from_pretrained(self.router_dir, **kw)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.router_dir, **kw)
-        self.model.eval()
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            self.router_dir, dtype=self.dtype, **kw
+        )
+        self.model.to(self.device).eval()
         if not isinstance(getattr(self.model, "score", None), nn.Linear):
             raise ValueError(
                 f"{type(self.model).__name__} has no last-token `score` classifier; "
@@ -258,7 +271,7 @@ class RouterWithHead:
         head_dir = Path(head_dir).expanduser() if head_dir else self.router_dir
         self.head = None
         if load_head and ConfidenceHead.exists(head_dir):
-            self.head = ConfidenceHead.load(head_dir)
+            self.head = ConfidenceHead.load(head_dir).float().to(self.device)
             if self.head.config.in_dim != cfg.hidden_size:
                 raise ValueError(
                     f"confidence head in {head_dir} expects hidden size "
@@ -277,9 +290,21 @@ class RouterWithHead:
     def confidence_source(self) -> ConfidenceSource:
         return "confidence_head" if self.head is not None else "max_probability"
 
-    @torch.no_grad()  # not inference_mode: callers may train on the returned tensors
+    @property
+    def placement(self) -> dict[str, str]:
+        """Where the router runs, for logs and /stats: {"device": "cuda", "dtype": "bfloat16"}."""
+        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """prompts -> (logits (B, C), pooled hidden (B, H)), in batches of `batch_size`."""
+        """prompts -> (logits (B, C), pooled hidden (B, H)), float32 on the CPU, in batches of
+        `batch_size`."""
+        logits, hidden = self._encode(prompts)
+        return logits.cpu(), hidden.cpu()
+
+    @torch.no_grad()  # not inference_mode: callers may train on the returned tensors
+    def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode` on the router's device: float32 logits and hidden states, left there for
+        the head."""
         if isinstance(prompts, str) or not prompts:
             raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r:.80}")
         if not all(isinstance(p, str) for p in prompts):
@@ -289,28 +314,28 @@ class RouterWithHead:
         for i in range(0, len(prompts), self.batch_size):
             enc = self.tokenizer(
                 prompts[i : i + self.batch_size], return_tensors="pt", padding=True
-            )
+            ).to(self.device)
             h = self.model.base_model(**enc).last_hidden_state  # (B, T, H), after the final norm
             mask = enc["attention_mask"]  # (B, T), 1 on real tokens, left or right padded
-            positions = torch.arange(mask.shape[1])  # (T,)
+            positions = torch.arange(mask.shape[1], device=self.device)  # (T,)
             last = (positions * mask).argmax(-1)  # (B,) index of the last real token
-            pooled = h[torch.arange(h.shape[0]), last]  # (B, H)
+            pooled = h[torch.arange(h.shape[0], device=self.device), last]  # (B, H), model dtype
             logits.append(self.model.score(pooled).float())  # (B, C), as the classifier does
-            hidden.append(pooled.float())
+            hidden.append(pooled.float())  # float32: the head's standardisation expects it
         return torch.cat(logits), torch.cat(hidden)
 
     def __call__(self, prompts: list[str]) -> RouterOutput:
-        logits, hidden = self.encode(prompts)  # (B, C), (B, H)
+        logits, hidden = self._encode(prompts)  # (B, C), (B, H), float32 on self.device
         probs = logits.softmax(-1)  # (B, C)
         # (B,) the head's P(right), else the router's own max probability
         head = self.head
         confidence = head.confidence(hidden) if head is not None else probs.max(-1).values
         return RouterOutput(
             policies=[self.labels[i] for i in probs.argmax(-1).tolist()],
-            probabilities=probs,
-            logits=logits,
-            hidden=hidden,
-            confidence=confidence,
+            probabilities=probs.cpu(),
+            logits=logits.cpu(),
+            hidden=hidden.cpu(),
+            confidence=confidence.cpu(),
             confidence_source=self.confidence_source,
             labels=self.labels,
         )

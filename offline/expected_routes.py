@@ -54,7 +54,16 @@ def expected_routes(
     if n < 1:
         raise ValueError(f"no tasks to route (n={n})")
     router = "router" if app.router.enabled else None
-    data = load_split(split, n, seed, root=root, tiers=app.tier_names, router=router)
+    data = load_split(
+        split,
+        n,
+        seed,
+        root=root,
+        tiers=app.tier_names,
+        router=router,
+        router_device=app.router.device,
+        router_dtype=app.router.dtype,
+    )
     artifact = served_artifact(app, root)
     run = replay_served(app.policy(), artifact, data)
     names, rows = app.tier_names, data.router

@@ -144,13 +144,16 @@ class RouterRows:
     source: str
 
 
-def router_rows(router_dir: str | Path, prompts: list[str]) -> RouterRows:
+def router_rows(
+    router_dir: str | Path, prompts: list[str], device: str = "auto", dtype: str = "auto"
+) -> RouterRows:
     """`models.router_model.RouterWithHead` on every prompt (the only router inference, the
-    one the Router deployment runs), as the evaluation's rows."""
+    one the Router deployment runs, on the config's `router.device`/`router.dtype`), as the
+    evaluation's rows."""
     from models.oracle import Policy
     from models.router_model import RouterWithHead
 
-    out = RouterWithHead(router_dir)(prompts)
+    out = RouterWithHead(router_dir, device=device, dtype=dtype)(prompts)
     complex_id = out.labels.index(Policy.complex.value)
     return RouterRows(
         list(out.policies),
@@ -161,20 +164,31 @@ def router_rows(router_dir: str | Path, prompts: list[str]) -> RouterRows:
 
 
 def cached_router_outputs(
-    router_dir: str | Path, tasks: list[Task], split: str, seed: int
+    router_dir: str | Path,
+    tasks: list[Task],
+    split: str,
+    seed: int,
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> RouterRows:
     """`models.router_model.RouterWithHead` on every task prompt (the only router inference,
     the one the Router deployment runs), cached like the answers. The key hashes the router
-    folder, the confidence head inside it included, so a retrained head is never replayed."""
+    folder, the confidence head inside it included, so a retrained head is never replayed,
+    and names the resolved device/dtype unless it is cpu/float32 (the keys from before)."""
+    from models.router_device import resolve_device_dtype
+
     router_dir = Path(router_dir)
-    path = _cache_path("router-head", router_dir, split, seed, len(tasks))
+    where, precision = resolve_device_dtype(device, dtype)
+    tag = f"{where.type}-{str(precision).removeprefix('torch.')}"
+    kind = "router-head" if tag == "cpu-float32" else f"router-head-{tag}"
+    path = _cache_path(kind, router_dir, split, seed, len(tasks))
     if path.is_file():
         d = json.loads(path.read_text())
         if len(d["policy"]) == len(tasks):
             return RouterRows(
                 d["policy"], np.asarray(d["p_complex"]), np.asarray(d["confidence"]), d["source"]
             )
-    rows = router_rows(router_dir, [t.prompt for t in tasks])
+    rows = router_rows(router_dir, [t.prompt for t in tasks], device, dtype)
     _write_atomic(
         path,
         {
@@ -256,11 +270,14 @@ def load_split(
     tiers: Sequence[str] = ("cheap", "strong"),
     router: str | None = "router",
     feedback: FeedbackConfig | None = None,
+    router_device: str = "auto",
+    router_dtype: str = "auto",
 ) -> EvalSplit:
     """Sample a split, answer it with every tier (cached) and judge the answers.
 
     `root` is the zoo folder (default: `models.zoo.zoo_dir()`, built by `make zoo`); tier and
-    router names are subfolders of it.
+    router names are subfolders of it. `router_device`/`router_dtype`: the config's
+    `router.device`/`router.dtype`, so the router is the one serving runs.
     """
     if root is None:
         from models.zoo import zoo_dir
@@ -273,7 +290,11 @@ def load_split(
         t: [judge(g.text, task.answer) for g, task in zip(answers[t], tasks, strict=True)]
         for t in tiers
     }
-    rows = None if router is None else cached_router_outputs(root / router, tasks, split, seed)
+    rows = (
+        None
+        if router is None
+        else cached_router_outputs(root / router, tasks, split, seed, router_device, router_dtype)
+    )
     return EvalSplit(
         split=split,
         seed=seed,

@@ -126,4 +126,5 @@ def _router_rows(app: AppArgs, items: list[DatasetItem]) -> RouterRows | None:
         return None
     from models.zoo import resolve
 
-    return router_rows(resolve(app.router.model), [i.query for i in items])
+    r = app.router
+    return router_rows(resolve(r.model), [i.query for i in items], r.device, r.dtype)

@@ -119,3 +119,29 @@ def test_reconfigured_changes_thresholds_only_and_refuses_the_rest():
         args.reconfigured({"router": {"threshold": 3}})
     with pytest.raises(ValueError, match="must be a mapping"):
         args.reconfigured(["x"])  # type: ignore[arg-type]
+
+
+def test_router_device_and_dtype_default_to_auto_and_the_gpu_config_asks_for_cuda(tmp_path):
+    default = AppArgs.from_serve_config().router
+    assert (default.device, default.dtype) == ("auto", "auto")
+    gpu = AppArgs.from_serve_config(REPO / "serve_config.gpu.yaml").router
+    assert (gpu.device, gpu.dtype) == ("cuda", "bfloat16")
+    path = tmp_path / "serve.yaml"
+    path.write_text(SERVE_YAML.replace("0.6}", "0.6, device: cpu, dtype: bfloat16}"))
+    router = AppArgs.from_serve_config(path).router
+    assert (router.device, router.dtype) == ("cpu", "bfloat16")
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ("device: tpu", "device"),
+        ("dtype: float64", "dtype"),
+        ("device: cpu, dtype: float16", "float16 is not supported on cpu"),
+    ],
+)
+def test_router_device_and_dtype_refusals_say_what_to_fix(tmp_path, fields, match):
+    path = tmp_path / "serve.yaml"
+    path.write_text(SERVE_YAML.replace("threshold: 0.6}", f"threshold: 0.6, {fields}}}"))
+    with pytest.raises(ValueError, match=match):
+        AppArgs.from_serve_config(path)

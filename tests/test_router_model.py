@@ -7,6 +7,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from calibration.config import AppArgs
 from models.router_model import (
     HEAD_CONFIG_FILE,
     ConfidenceHead,
@@ -87,7 +88,8 @@ def _classifier_p_complex(router_dir, prompts):
 
 
 def test_router_matches_the_classifier_and_falls_back_to_max_probability(tiny_zoo, prompts):
-    router = RouterWithHead(tiny_zoo / "router", batch_size=3)  # uneven batches, padding
+    # uneven batches, padding; cpu/float32 like the reference (auto would pick a GPU's bfloat16)
+    router = RouterWithHead(tiny_zoo / "router", batch_size=3, device="cpu", dtype="float32")
     out = router(prompts)
     ref = _classifier_p_complex(tiny_zoo / "router", prompts)
     assert torch.allclose(out.probabilities[:, 1], ref, atol=1e-6)
@@ -142,3 +144,78 @@ def test_a_head_for_another_router_is_not_used(tiny_zoo, prompts, tmp_path):
     _head(in_dim=width).save(router_dir, meta={"router_checksum": router_checksum(router_dir)})
     assert RouterWithHead(router_dir).confidence_source == "confidence_head"
     assert RouterWithHead(router_dir, load_head=False).confidence_source == "max_probability"
+
+
+# --- device and dtype (router.device / router.dtype) ------------------------------------------
+
+
+def test_auto_resolves_to_the_machine_and_bad_choices_are_refused():
+    from models.router_device import resolve_device_dtype
+
+    gpu = torch.cuda.is_available()
+    auto = (torch.device("cuda" if gpu else "cpu"), torch.bfloat16 if gpu else torch.float32)
+    assert resolve_device_dtype("auto", "auto") == auto
+    assert resolve_device_dtype("cpu", "auto") == (torch.device("cpu"), torch.float32)
+    assert resolve_device_dtype("cpu", "bfloat16") == (torch.device("cpu"), torch.bfloat16)
+    with pytest.raises(ValueError, match=r"float16 is not supported on cpu.*float32 or bfloat16"):
+        resolve_device_dtype("cpu", "float16")
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):
+        resolve_device_dtype("tpu", "auto")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        resolve_device_dtype("cpu", "float64")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_refused_with_what_to_change(tiny_zoo):
+    with pytest.raises(ValueError, match=r"sees no CUDA GPU.*router\.device to auto or cpu"):
+        RouterWithHead(tiny_zoo / "router", device="cuda")
+
+
+def test_bfloat16_router_routes_as_float32_on_the_zoo(zoo, capsys):
+    """The GPU config's bfloat16 must not change what is served: same policies (but where the
+    float32 probability is within 0.02 of the decision boundary) and confidences within 0.02,
+    measured on CPU with the real zoo router and its confidence head."""
+    queries = [t.prompt for t in sample("test", 50, seed=3)]
+    fp32 = RouterWithHead(zoo / "router", device="cpu", dtype="float32")
+    bf16 = RouterWithHead(zoo / "router", device="cpu", dtype="bfloat16")
+    assert bf16.model.dtype == torch.bfloat16 and bf16.placement == {
+        "device": "cpu",
+        "dtype": "bfloat16",
+    }
+    assert fp32.placement == {"device": "cpu", "dtype": "float32"}
+    a, b = fp32(queries), bf16(queries)
+    for t in (b.probabilities, b.logits, b.hidden, b.confidence):  # callers see CPU float32
+        assert t.dtype == torch.float32 and t.device.type == "cpu"
+    assert a.confidence_source == b.confidence_source == "confidence_head"
+    assert bf16.head.fc1.weight.dtype == torch.float32  # the head runs in float32
+    near = (a.probabilities.max(-1).values - 0.5).abs() < 0.02  # (B,) at the boundary
+    same = [x == y for x, y in zip(a.policies, b.policies, strict=True)]
+    assert all(s or n for s, n in zip(same, near.tolist(), strict=True))
+    # and the served start (complex with confidence >= router.threshold) is the same
+    tau = AppArgs.from_serve_config().router.threshold
+    top_a, top_b = (
+        [
+            p == "complex" and c >= tau
+            for p, c in zip(o.policies, o.confidence.tolist(), strict=True)
+        ]
+        for o in (a, b)
+    )
+    near_tau = ((a.confidence - tau).abs() < 0.02) | near  # (B,)
+    assert all(x == y or n for x, y, n in zip(top_a, top_b, near_tau.tolist(), strict=True))
+    diff = (a.confidence - b.confidence).abs().max().item()
+    with capsys.disabled():
+        print(f"\nbf16 vs fp32 on {len(queries)} zoo queries: max |confidence diff| {diff:.5f}")
+    assert diff < 0.02
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_auto_is_bfloat16_and_routes_as_cpu_float32(zoo):
+    queries = [t.prompt for t in sample("test", 50, seed=3)]
+    gpu = RouterWithHead(zoo / "router")  # auto
+    assert gpu.placement == {"device": "cuda", "dtype": "bfloat16"}
+    assert next(gpu.head.parameters()).device.type == "cuda"
+    a, b = RouterWithHead(zoo / "router", device="cpu")(queries), gpu(queries)
+    assert b.confidence.device.type == "cpu" and b.confidence.dtype == torch.float32
+    near = (a.probabilities.max(-1).values - 0.5).abs() < 0.02  # (B,)
+    assert all(x == y or n for x, y, n in zip(a.policies, b.policies, near.tolist(), strict=True))
+    assert (a.confidence - b.confidence).abs().max().item() < 0.02

@@ -139,11 +139,14 @@ class LabelModels:
 
     From a zoo folder (`of_zoo`), or from the served application's typed config
     (`of_config`: its router and its ladder's two ends, each resolved as serving resolves it),
-    so the head is trained for the router and tiers that will serve."""
+    so the head is trained for the router and tiers that will serve, on the config's
+    `router.device`/`router.dtype`: the hidden states the head learns from are serving's)."""
 
     router: Path
     cheap: Path
     strong: Path
+    router_device: str = "auto"
+    router_dtype: str = "auto"
 
     @classmethod
     def of_zoo(cls, root: str | Path) -> LabelModels:
@@ -159,6 +162,8 @@ class LabelModels:
             Path(resolve(app.router.model)),
             Path(resolve(app.tiers[0].model)),
             Path(resolve(app.tiers[-1].model)),
+            app.router.device,
+            app.router.dtype,
         )
 
     @classmethod
@@ -178,6 +183,11 @@ def zoo_fingerprint(zoo_root: str | Path | LabelModels, matrix: OracleMatrix | N
             h.update(f"{name}/{fname}".encode())
             h.update(f.read_bytes())
     h.update(_matrix_key(matrix or ORACLE_MATRIX).encode())
+    from models.router_device import resolve_device_dtype
+
+    where, dtype = resolve_device_dtype(models.router_device, models.router_dtype)
+    if (where.type, str(dtype)) != ("cpu", "torch.float32"):  # cpu/float32 keeps older keys
+        h.update(f"router on {where.type} in {dtype}".encode())
     return h.hexdigest()[:16]
 
 
@@ -203,7 +213,8 @@ def build_labels(
         raise ValueError("no tasks to label (empty split sample)")
     matrix = matrix or ORACLE_MATRIX
     models = LabelModels.of(zoo_root)
-    router = RouterWithHead(models.router, batch_size=batch, load_head=False)
+    place = {"device": models.router_device, "dtype": models.router_dtype}  # serving's
+    router = RouterWithHead(models.router, batch_size=batch, load_head=False, **place)
     records, hidden, logits = [], [], []
     bar = tqdm(
         total=len(tasks),
