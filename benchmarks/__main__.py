@@ -1,7 +1,8 @@
 """All benchmarks, printed as tables: `make bench` (python -m benchmarks [--quick]
 [--soak-minutes M]). The soak runs 5 minutes here (2 with --quick); `--soak-minutes 30` is
 issue 12's full soak (a replica killed every 5 minutes). One benchmark alone, with its own
-options: `python -m benchmarks soak|fuzz ...` (see bench_soak.py, bench_fuzz.py)."""
+options: `python -m benchmarks soak|fuzz|overhead|throughput ...` (see bench_soak.py,
+bench_fuzz.py, bench_overhead.py, bench_throughput.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ import sys
 from benchmarks import bench_agreement, bench_drift, bench_feedback, bench_serving
 
 # `python -m benchmarks <name> [options]`: that module's `cli(options)` alone.
-SUBCOMMANDS = {"soak": "benchmarks.bench_soak", "fuzz": "benchmarks.bench_fuzz"}
+SUBCOMMANDS = {
+    "soak": "benchmarks.bench_soak",
+    "fuzz": "benchmarks.bench_fuzz",
+    "overhead": "benchmarks.bench_overhead",
+    "throughput": "benchmarks.bench_throughput",
+}
 
 
 def _soak_and_fuzz(quick: bool) -> None:
@@ -41,6 +47,9 @@ def main() -> None:
     bench_feedback.main(["--repeat", "500"] if quick else [])
     print("\n== serving graph ==", flush=True)
     bench_serving.main(["--quick"] if quick else [])
+    print("\n== the graph against a bare Ray Serve app, same engine, interleaved ==", flush=True)
+    importlib.import_module("benchmarks.bench_overhead").main(["--quick"] if quick else [])
+    importlib.import_module("benchmarks.bench_throughput").main(["--quick"] if quick else [])
     print("\n== serving vs offline evaluation ==", flush=True)
     bench_agreement.main(["--n", "100"] if quick else [])
     print("\n== drift monitor on replayed traffic ==", flush=True)

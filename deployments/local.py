@@ -16,6 +16,7 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -33,12 +34,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(args: AppArgs | dict, num_cpus: int = 2, wait_s: float = 240, quiet: bool = False):
+def running_app(
+    args: AppArgs | dict,
+    num_cpus: int = 2,
+    wait_s: float = 240,
+    quiet: bool = False,
+    extra_apps: dict[str, tuple[Any, str]] | None = None,
+):
     """Yield (base_url, metrics_url) of the graph built from `args`; shut everything down after.
 
     Ray's own files go where Ray puts them (/tmp/ray); pass RAY_TMPDIR to move them. `quiet`
     keeps the replicas' logs out of this process's output (they stay in Ray's log files), for
-    benchmarks whose tables should not drown in engine start-up lines."""
+    benchmarks whose tables should not drown in engine start-up lines. `extra_apps` ({name:
+    (bound application, route prefix)}) run beside the graph in the same cluster, behind the
+    same proxy: a benchmark's bare reference, measured side by side."""
     import ray
     from ray import serve
 
@@ -66,6 +75,8 @@ def running_app(args: AppArgs | dict, num_cpus: int = 2, wait_s: float = 240, qu
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name="cascade", route_prefix="/", blocking=False)
+        for name, (app, prefix) in (extra_apps or {}).items():
+            serve.run(app, name=name, route_prefix=prefix, blocking=False)
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + wait_s
         while True:

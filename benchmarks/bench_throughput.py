@@ -1,0 +1,132 @@
+"""Requests per second of the cascade graph against the bare reference, in the same run:
+
+    python -m benchmarks throughput [--rounds 3] [--seconds 8] [--engine auto] [--quick] [--json]
+
+Closed-loop clients (each sends its next request when the last is answered) at 1 and at 16
+concurrent clients; per round every arm runs once at each concurrency, the arms' order rotated
+round by round. Arms: `bare` (the cheap model in a one-deployment app), `graph` (model=cascade,
+the served policy) and `forced` (model=cheap through the graph). `--json` prints each arm's
+`rps_1` and `rps_16` (medians over rounds), and per round each graph arm's ratio to `bare`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+
+import httpx
+
+from benchmarks.side_by_side import Arms, arms_running, chat, spread
+from benchmarks.tables import table
+from models.tasks import sample
+
+__all__ = ["cli", "main"]
+
+SENT = {"bare": "bare", "graph": "cascade", "forced": "cheap"}
+CLIENTS = (1, 16)
+
+
+async def _rps(arms: Arms, arm: str, prompts: list[str], clients: int, seconds: float) -> float:
+    """Answered requests per second over `seconds` (every status but 200 is an error)."""
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def client(c: httpx.AsyncClient, k: int) -> None:
+        nonlocal done
+        i = k
+        while time.perf_counter() < stop:
+            r = await c.post(arms.url(arm), json=chat(SENT[arm], prompts[i % len(prompts)]))
+            r.raise_for_status()
+            done += 1
+            i += clients
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as c:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(c, k) for k in range(clients)))
+        return done / (time.perf_counter() - t0)
+
+
+def measure(arms: Arms, rounds: int, seconds: float) -> dict:
+    prompts = [t.prompt for t in sample("test", 200, seed=22)]
+    per_round = []
+    order = list(SENT)
+    for k in range(rounds):
+        row: dict = {"round": k}
+        for clients in CLIENTS:
+            for arm in order[k % len(order) :] + order[: k % len(order)]:
+                rps = asyncio.run(_rps(arms, arm, prompts, clients, seconds))
+                row.setdefault(arm, {})[f"rps_{clients}"] = round(rps, 2)
+        row["vs_bare"] = {
+            arm: {
+                f"rps_{c}": round(row[arm][f"rps_{c}"] / row["bare"][f"rps_{c}"], 3)
+                for c in CLIENTS
+            }
+            for arm in SENT
+            if arm != "bare"
+        }
+        per_round.append(row)
+    out: dict = {"engine": arms.engine, "rounds": rounds, "seconds": seconds}
+    for arm in SENT:
+        out[arm] = {
+            f"rps_{c}": round(statistics.median(r[arm][f"rps_{c}"] for r in per_round), 2)
+            for c in CLIENTS
+        }
+    out["per_round"] = per_round
+    return out
+
+
+def _print(result: dict) -> None:
+    rows = []
+    for arm in SENT:
+        ratios = [
+            [r["vs_bare"][arm][f"rps_{c}"] for r in result["per_round"]] if arm != "bare" else []
+            for c in CLIENTS
+        ]
+        rows.append(
+            [
+                arm,
+                result[arm]["rps_1"],
+                result[arm]["rps_16"],
+                *(spread(x) if x else "1" for x in ratios),
+            ]
+        )
+    title = (
+        f"throughput: engine {result['engine']}, {result['rounds']} interleaved rounds of "
+        f"{result['seconds']:g} s per arm and concurrency"
+    )
+    header = [
+        "arm",
+        "rps, 1 client",
+        "rps, 16 clients",
+        "vs bare, 1",
+        "vs bare, 16 (median, range)",
+    ]
+    print(table(title, header, rows))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks throughput", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=8.0, help="per arm and concurrency")
+    p.add_argument("--engine", default="auto", help="every tier's and the bare app's engine")
+    p.add_argument("--quick", action="store_true", help="2 rounds of 4 s")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    a = p.parse_args(argv)
+    rounds, seconds = (2, 4.0) if a.quick else (a.rounds, a.seconds)
+    with arms_running(a.engine) as arms:
+        result = measure(arms, rounds, seconds)
+    if a.json:
+        print(json.dumps(result))
+    else:
+        _print(result)
+    return result
+
+
+def cli(argv: list[str]) -> None:
+    main(argv)

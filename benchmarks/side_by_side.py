@@ -1,0 +1,101 @@
+"""The cascade graph and its bare reference in one cluster, behind one proxy, measured
+interleaved: the harness of `overhead` and `throughput`.
+
+Why interleaved: on a shared 2-core machine the same ratio, measured in runs minutes apart,
+swung from 0.2x to 1x; only arms measured round by round, side by side, compare the graph with
+the engine and not with the neighbours. Every figure is reported per round, with the spread.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+
+from benchmarks.bare_app import bare_app
+from calibration.config import AppArgs
+from deployments.local import running_app
+from models.loading import engine_kind
+
+__all__ = ["Arms", "arms_running", "chat", "percentiles", "spread"]
+
+BARE_PREFIX = "/bare"
+
+
+@dataclass(frozen=True)
+class Arms:
+    """Where each arm answers: the graph at `base`, the bare app at `bare`."""
+
+    base: str
+    bare: str
+    engine: str
+
+    def url(self, arm: str) -> str:
+        return f"{self.bare if arm == 'bare' else self.base}/v1/chat/completions"
+
+
+def chat(model: str, prompt: str, max_tokens: int = 10) -> dict:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+    }
+
+
+def _wait_answering(arms: Arms, prompt: str, wait_s: float) -> None:
+    """/healthz is liveness only: wait until every arm answers a real request."""
+    deadline = time.time() + wait_s
+    for arm, model in (("bare", "bare"), ("graph", "cascade"), ("graph", "strong")):
+        while True:
+            try:
+                r = httpx.post(arms.url(arm), json=chat(model, prompt), timeout=60)
+                if r.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise TimeoutError(f"arm {arm} ({model}) did not answer within {wait_s:g} s")
+            time.sleep(1)
+
+
+@contextmanager
+def arms_running(engine: str = "auto", wait_s: float = 600) -> Iterator[Arms]:
+    """serve_config.yaml's graph (its deployments, autoscaling included) with every tier on
+    `engine`, and the bare app on the cheap tier's model and engine settings, side by side."""
+    args = AppArgs.from_serve_config()
+    kind = engine_kind(engine)
+    tiers = [t.model_copy(update={"engine": kind}) for t in args.tiers]
+    args = args.model_copy(update={"tiers": tiers})
+    cheap = tiers[0]
+    bare = bare_app(cheap.model, kind, cheap.engine_kwargs, args.limits.top_logprobs)
+    with running_app(args, quiet=True, wait_s=wait_s, extra_apps={"bare": (bare, BARE_PREFIX)}) as (
+        base,
+        _,
+    ):
+        arms = Arms(base=base, bare=f"{base}{BARE_PREFIX}", engine=kind)
+        _wait_answering(arms, "12+7", wait_s)
+        yield arms
+
+
+def percentiles(latencies_s: list[float]) -> dict[str, float | int]:
+    """p50 / p95 in ms and the count."""
+    if not latencies_s:
+        return {"p50_ms": float("nan"), "p95_ms": float("nan"), "n": 0}
+    ms = np.asarray(latencies_s) * 1000
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "n": len(latencies_s),
+    }
+
+
+def spread(values: list[float]) -> str:
+    """'median (min..max)' over rounds: the range a noisy machine allows reading."""
+    if not values:
+        return "n/a"
+    return f"{statistics.median(values):.2f} ({min(values):.2f}..{max(values):.2f})"

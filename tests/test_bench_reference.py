@@ -1,0 +1,47 @@
+"""The bare reference the serving benchmarks compare against, run for real beside the graph:
+it must be the same model decoding the same way (or the ratios compare different work), and
+the benchmarks' JSON must carry the keys scripts read (`overhead`: bare / forced /
+cascade_accept / cascade_escalate with p50_ms, p95_ms, n; `throughput`: bare / graph with
+rps_1, rps_16). Transformers engine: it starts in seconds; `make bench` runs vLLM."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from benchmarks import bench_overhead, bench_throughput
+from benchmarks.side_by_side import arms_running, chat
+from models.tasks import sample
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def arms(zoo):
+    with arms_running("transformers", wait_s=300) as arms:
+        yield arms
+
+
+def test_bare_app_answers_as_the_forced_cheap_tier_does(arms):
+    for task in sample("test", 8, seed=4):
+        bare = httpx.post(arms.url("bare"), json=chat("bare", task.prompt), timeout=60)
+        forced = httpx.post(arms.url("forced"), json=chat("cheap", task.prompt), timeout=60)
+        assert bare.status_code == forced.status_code == 200, (bare.text, forced.text)
+        text = [r.json()["choices"][0]["message"]["content"] for r in (bare, forced)]
+        assert text[0] == text[1], task.prompt
+        assert bare.json()["usage"] == forced.json()["usage"]
+
+
+def test_overhead_and_throughput_report_every_arm(arms):
+    over = bench_overhead.measure(arms, rounds=1, n=6)
+    for arm in ("bare", "forced", "forced_strong"):
+        assert over[arm]["n"] == 6 and over[arm]["p50_ms"] > 0
+        assert over[arm]["p95_ms"] >= over[arm]["p50_ms"]
+    cascade = [a for a in ("cascade_accept", "cascade_escalate", "cascade_direct") if a in over]
+    assert sum(over[a]["n"] for a in cascade) == 6  # every cascade request told apart
+    assert set(over["per_round"][0]["p50_minus_bare_ms"]) >= {"forced", *cascade}
+
+    thr = bench_throughput.measure(arms, rounds=1, seconds=1.0)
+    for arm in ("bare", "graph", "forced"):
+        assert thr[arm]["rps_1"] > 0 and thr[arm]["rps_16"] > 0
+    assert thr["per_round"][0]["vs_bare"]["graph"]["rps_16"] > 0
