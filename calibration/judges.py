@@ -11,8 +11,10 @@ answer with the item's `reference`:
                 (`fullmatch`, after stripping)
     contains    the normalized reference occurs in the normalized answer
 
-An `llm` judge (a model grading the answer against the reference) lives with the engines,
-since it needs one; it produces the same `Label`.
+An `llm` judge (a model grading the answer against the reference) lives with the engines
+(`offline.llm_judge`), since it needs one; it produces the same `Label`, whose spec records
+the template's sha256, the grades and the grader's `TierIdentity`. `parse_verdict` here reads
+the grader's reply.
 
 A judges file maps task types to judges: `{"default": "normalized", "sql": "exact",
 "dates": {"name": "regex"}}`.
@@ -29,14 +31,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from calibration.identity import TierIdentity
+
 __all__ = [
     "BUILTIN_JUDGES",
+    "DEFAULT_GRADES",
     "JudgeError",
     "JudgeSpec",
     "JudgesFile",
     "Label",
     "judge_answer",
     "normalize",
+    "parse_grades",
+    "parse_verdict",
 ]
 
 Verdict = Literal["right", "wrong"]
@@ -55,7 +62,18 @@ class JudgeSpec(BaseModel):
     tier: str | None = Field(default=None, description="llm: the configured tier that grades")
     endpoint: str | None = Field(default=None, description="llm: an OpenAI-compatible base URL")
     model: str | None = Field(default=None, description="llm: the grader's model name")
-    template: str | None = Field(default=None, description="llm: the grading prompt template")
+    template: str | None = Field(
+        default=None, description="llm: the grading prompt template's file, or 'default'"
+    )
+    template_sha256: str | None = Field(
+        default=None, description="llm: sha256 of the template text the grader was sent"
+    )
+    grades: tuple[tuple[str, ...], tuple[str, ...]] | None = Field(
+        default=None, description="llm: the reply words read as right, and as wrong"
+    )
+    grader: TierIdentity | None = Field(
+        default=None, description="llm: the grading model, as collect records a tier's"
+    )
 
 
 class JudgesFile(BaseModel):
@@ -93,6 +111,34 @@ class Label(BaseModel):
     @property
     def right(self) -> bool:
         return self.verdict == "right"
+
+
+DEFAULT_GRADES: tuple[tuple[str, ...], tuple[str, ...]] = (("RIGHT",), ("WRONG",))
+
+
+def parse_grades(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`RIGHT/WRONG`, or with synonyms `RIGHT,CORRECT/WRONG,INCORRECT`: the words of an llm
+    grader's reply that mean right, and wrong. A word in both would make a verdict ambiguous."""
+    parts = text.split("/")
+    sides = tuple(tuple(w.strip() for w in p.split(",") if w.strip()) for p in parts)
+    if len(sides) != 2 or not all(sides):
+        raise JudgeError(f"grades must look like RIGHT/WRONG (synonyms comma-separated): {text!r}")
+    right, wrong = sides
+    both = {w.lower() for w in right} & {w.lower() for w in wrong}
+    if both:
+        raise JudgeError(f"grades {text!r} name {sorted(both)} as both right and wrong")
+    return right, wrong
+
+
+def parse_verdict(reply: str, grades: tuple[tuple[str, ...], tuple[str, ...]]) -> Verdict | None:
+    """The grade word that occurs first in the reply (whole words, any case), or None.
+
+    Whole words, so `incorrect` is not read as `correct`; the first one, since a grader that
+    answers "RIGHT. (It is not WRONG to ...)" gave its verdict first."""
+    words = {w.lower(): v for v, side in zip(("right", "wrong"), grades, strict=True) for w in side}
+    pattern = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    m = re.search(rf"(?<![^\W_])({pattern})(?![^\W_])", reply, flags=re.IGNORECASE)
+    return words[m.group(1).lower()] if m else None  # type: ignore[return-value]
 
 
 _PUNCT = str.maketrans("", "", string.punctuation.replace(".", "").replace("-", ""))
@@ -148,7 +194,7 @@ BUILTIN_JUDGES: dict[str, Callable[[str, str | None], bool]] = {
 
 
 def judge_answer(answer: str, reference: str | None, spec: JudgeSpec) -> Verdict:
-    """A built-in judge's verdict; the `llm` judge is `models.llm_judge`."""
+    """A built-in judge's verdict; the `llm` judge is `offline.llm_judge`."""
     try:
         fn = BUILTIN_JUDGES[spec.name]
     except KeyError:

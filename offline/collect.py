@@ -112,7 +112,7 @@ def _answer(
                 bar.update(len(chunk))
         return time.perf_counter() - started
     finally:
-        _close(engine, loop)
+        close_engine(engine, loop)
 
 
 def _missing(
@@ -122,7 +122,7 @@ def _missing(
     return [item for item in items if item.id not in done]
 
 
-def _close(engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+def close_engine(engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
     """Stop the engine, then let its loop's leftover tasks (vLLM's output handler) finish."""
     shutdown = getattr(engine, "shutdown", None)
     if shutdown is not None:
