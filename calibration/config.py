@@ -134,6 +134,11 @@ class RouterArgs(_Strict):
     trust_remote_code: bool = Field(
         default=False, description="Run the checkpoint's own code; only for a model you trust."
     )
+    speculate: bool = Field(
+        default=True,
+        description="Start the cheapest tier's call while the router decides; it is dropped "
+        "(cancelled, not charged) when the run starts higher (deployments.speculation).",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto",
         description="Where the router runs: auto = cuda when the replica sees a GPU, else cpu; "

@@ -42,6 +42,12 @@ class CascadeMetrics:
             "cascade_errors", "Requests answered with an error, by status.", tag_keys=("status",)
         )
         self.cost = Counter("cascade_cost", "Cost spent, by tier.", tag_keys=("tier",))
+        self.speculative = Counter(
+            "cascade_speculative_calls",
+            "Cheapest-tier calls started while the router decided: kept, or dropped because "
+            "the run started higher (their work is not in cascade_cost).",
+            tag_keys=("outcome",),
+        )
         self.tier_latency = Histogram(
             "cascade_tier_latency_s",
             "Latency of one tier call.",

@@ -17,12 +17,13 @@ from typing import Any
 from calibration.adaptive import AdaptiveConformal
 from calibration.cascade import CascadeOutcome, CascadeRun, CascadeStats, NoTierAnswered
 from calibration.config import AppArgs
-from calibration.drift import DriftMonitor, DriftStatus
 from calibration.feedback import extract_features
+from deployments.drift_watch import drift_message, drift_monitor
 from deployments.errors import APIError
 from deployments.llm import TierInputError, TierRequest, deployment_problems
 from deployments.metrics import CascadeMetrics
 from deployments.protocol import RouterView, Routing, TierAttempt
+from deployments.speculation import Speculation
 from models.engine import Generation
 from models.served_calibration import identity_mismatches, served_artifact
 
@@ -55,7 +56,7 @@ class CascadeServer:
         mismatch = identity_mismatches(args, calibration) if args.calibration.allow_mismatch else []
         for problem in mismatch:  # allowed, loudly: the guarantee does not hold for this tier
             logger.warning("calibration made for other models, served anyway: %s", problem)
-        drift = _drift_monitor(args, policy, calibration)
+        drift = drift_monitor(args, policy, calibration)
         # adaptive conformal: a tier keeps its state unless its calibration changed (a new
         # user_config threshold resets it, and the log says so)
         below_top = {t: calibration.tiers[t] for t in policy.tier_names[:-1]}
@@ -151,18 +152,13 @@ class CascadeServer:
         started = time.perf_counter()
         mode = "cascade" if model == "cascade" else "forced"
         try:
+            spec = None
             if model == "cascade":
-                router = await self.route(query)
-                run = CascadeRun.begin(
-                    self.policy,
-                    router_policy=router.policy,
-                    router_confidence=router.confidence,
-                    task_type=task_type,
-                )
+                run, router, spec = await self._begin(request, query, task_type)
             else:
                 router = RouterView(skipped_reason="tier forced by the request")
                 run = CascadeRun.forced(self.policy, self._known_tier(model))
-            result = await self._drive(run, request, router, task_type)
+            result = await self._drive(run, request, router, task_type, spec)
         except APIError as e:
             self.metrics.errors.inc(tags={"status": str(e.status)})
             raise
@@ -180,8 +176,36 @@ class CascadeServer:
             )
         return model
 
+    async def _begin(self, request: TierRequest, query: str, task_type: str | None):
+        """The router's verdict and the run it starts, with the cheapest tier's call started
+        beside the router's (`deployments.speculation`): kept when the run starts there."""
+        spec = None
+        if self.router is not None and self.args.router.speculate:
+            spec = Speculation.start(self._call(0, request))
+        kept = False
+        try:
+            router = await self.route(query)
+            run = CascadeRun.begin(
+                self.policy,
+                router_policy=router.policy,
+                router_confidence=router.confidence,
+                task_type=task_type,
+            )
+            kept = run.next_tier == 0
+        finally:
+            if spec is not None:
+                self.metrics.speculative.inc(tags={"outcome": "kept" if kept else "dropped"})
+                if not kept:
+                    spec.drop()
+        return run, router, spec if kept else None
+
     async def _drive(
-        self, run: CascadeRun, request: TierRequest, router: RouterView, task_type: str | None
+        self,
+        run: CascadeRun,
+        request: TierRequest,
+        router: RouterView,
+        task_type: str | None,
+        spec: Speculation | None = None,
     ) -> CascadeResult:
         """Call each tier `run` names until it is done; it decides, this does the I/O."""
         answers: dict[int, Generation] = {}
@@ -190,8 +214,11 @@ class CascadeServer:
         while run.next_tier is not None:
             tier = run.next_tier
             name = self.policy.tiers[tier].name
-            t0 = time.perf_counter()
-            out = await self._call(tier, request)
+            if spec is not None and tier == 0:  # the call started while the router decided
+                (out, t0), spec = await spec.kept(), None
+            else:
+                t0 = time.perf_counter()
+                out = await self._call(tier, request)
             latencies.append(time.perf_counter() - t0)
             if isinstance(out, Exception):
                 self._failed(run, tier, out)
@@ -241,7 +268,7 @@ class CascadeServer:
                 self.metrics.drift_escalation_rate.set(esc.observed, tags=tags)
             if status.changed:
                 log = logger.warning if status.alarm else logger.info
-                log("%s", _drift_message(status))
+                log("%s", drift_message(status))
 
     def drift_stats(self) -> dict:
         """The /stats section: the monitor's settings and each tier's last look."""
@@ -340,35 +367,6 @@ class CascadeServer:
         tier = self.policy.tier_names[calls[-1].tier if calls else 0]
         cal = self.calibration.tiers.get(tier)
         return cal.mode if cal else None
-
-
-def _drift_monitor(args: AppArgs, policy, calibration) -> DriftMonitor | None:
-    """The drift monitor `args.drift` asks for (None when off), over the served artifact."""
-    if not args.drift.enabled:
-        return None
-    settings = args.drift.model_dump(exclude={"enabled"})
-    monitor = DriftMonitor.from_artifact(calibration, policy, **settings)
-    notes = {name: s.note for name, s in monitor.statuses().items()}
-    logger.info("drift monitor: %s; tiers %s", settings, notes)
-    return monitor
-
-
-def _drift_message(status: DriftStatus) -> str:
-    """'drift alarm ON at tier cheap ...: escalation 0.81 vs 0.49 expected (p=3e-09), ...':
-    the tests that fired (all tests when it clears), observed against expected."""
-    named = status.fired if status.alarm else list(status.tests)
-    fired = ", ".join(
-        f"{name} {r.observed:.3g} vs {r.expected:.3g} expected (p={r.p_value:.2g})"
-        for name in named
-        if (r := status.tests[name]).p_value is not None
-        and r.observed is not None
-        and r.expected is not None
-    )
-    state = "ON" if status.alarm else "cleared"
-    return (
-        f"drift alarm {state} at tier {status.tier} after {status.requests} requests "
-        f"(window {status.window}, level {status.level:.2g}): {fired or 'no test'}"
-    )
 
 
 def _mark_adapted(

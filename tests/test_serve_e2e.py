@@ -160,6 +160,56 @@ def test_prometheus_exports_the_cascade_metrics(client, service):
         assert name in text, f"{name} missing from Prometheus"
 
 
+def _speculative_counts(metrics: str) -> dict[str, float]:
+    """{"kept": n, "dropped": n} summed over the Prometheus series (0 before any)."""
+    counts = {"kept": 0.0, "dropped": 0.0}
+    for line in httpx.get(metrics, timeout=10).text.splitlines():
+        if line.startswith("#") or "cascade_speculative_calls" not in line:
+            continue
+        for outcome in counts:
+            if f'outcome="{outcome}"' in line:
+                counts[outcome] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def _settled_counts(metrics: str) -> dict[str, float]:
+    """The counts once two reads 3 s apart (metrics are exported every second) agree."""
+    last, deadline = _speculative_counts(metrics), time.time() + 30
+    while time.time() < deadline:
+        time.sleep(3)
+        now = _speculative_counts(metrics)
+        if now == last:
+            break
+        last = now
+    return last
+
+
+def test_the_cheap_call_starts_beside_the_router_and_is_dropped_when_it_starts_higher(
+    client, service
+):
+    """Every cascade request starts the cheap tier's call while the router decides; it is kept
+    exactly when the run starts at the cheap tier (the routing says where it started)."""
+    _, metrics = service
+    before = _settled_counts(metrics)  # earlier tests' requests reach Prometheus late
+    started_cheap = 0
+    tasks = sample("test", 20, seed=9)
+    for t in tasks:
+        r = client.chat.completions.with_raw_response.create(
+            model="cascade", messages=[{"role": "user", "content": t.prompt}]
+        )
+        started_cheap += json.loads(r.text)["routing"]["tiers_visited"][0] == "cheap"
+    assert 0 < started_cheap < len(tasks)  # both kinds among these prompts
+    want = {"kept": started_cheap, "dropped": len(tasks) - started_cheap}
+    deadline, got = time.time() + 60, {}
+    while time.time() < deadline:
+        now = _speculative_counts(metrics)
+        got = {k: now[k] - before[k] for k in now}
+        if got == want:
+            break
+        time.sleep(2)
+    assert got == want
+
+
 def test_serving_decides_as_the_offline_evaluation(service):
     """The same test prompts through HTTP and through the offline replay take the same routes."""
     base, _ = service
