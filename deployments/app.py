@@ -48,6 +48,7 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
             trust_remote_code=args.router.trust_remote_code,
             device=args.router.device,
             dtype=args.router.dtype,
+            allow_mismatch=args.calibration.allow_mismatch,
         )
     return Ingress.options(name=INGRESS, **opts.get(INGRESS, {})).bind(
         args.model_dump(), tiers, router

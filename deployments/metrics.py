@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-__all__ = ["CascadeMetrics"]
+__all__ = ["CascadeMetrics", "router_mismatch_gauge"]
 
 _LATENCY_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 _UNIT = [i / 10 for i in range(1, 11)]
@@ -85,13 +85,25 @@ class CascadeMetrics:
             "The tier's escalation rate over the drift monitor's window.",
             tag_keys=("tier",),
         )
-        self.identity_mismatch = Gauge(
-            "cascade_calibration_mismatch",
-            "1 when the tier's calibration was made for another model (allow_mismatch).",
-            tag_keys=("tier",),
-        )
+        self.identity_mismatch = _mismatch_gauge()
 
     def set_identity_mismatch(self, tiers: list[str], problems: list[str]) -> None:
         for tier in tiers:
             bad = any(p.startswith(f"tier {tier!r}") for p in problems)
             self.identity_mismatch.set(1.0 if bad else 0.0, tags={"tier": tier})
+
+
+def _mismatch_gauge() -> Gauge:
+    return Gauge(
+        "cascade_calibration_mismatch",
+        "1 when the tier's calibration (tier 'router': the confidence head) was made for "
+        "another model (allow_mismatch).",
+        tag_keys=("tier",),
+    )
+
+
+def router_mismatch_gauge(problem: str | None) -> None:
+    """The Router replica's entry in the mismatch gauge: 1 when it serves a confidence head
+    trained for another router (allow_mismatch), else 0. Set where the head is loaded, as the
+    ingress only learns of it from the answers."""
+    _mismatch_gauge().set(1.0 if problem else 0.0, tags={"tier": "router"})

@@ -194,6 +194,11 @@ class RouterView(BaseModel):
     )
     probabilities: dict[str, float] | None = None
     skipped_reason: str | None = None
+    head_mismatch: bool = Field(
+        default=False,
+        description="The confidence head was trained for another router (served under "
+        "calibration.allow_mismatch): its confidence describes that router.",
+    )
 
 
 def json_float(x: Any) -> Any:
@@ -247,8 +252,9 @@ class Routing(BaseModel):
     )
     calibration_mismatch: bool = Field(
         default=False,
-        description="The calibration was made for other models (served under allow_mismatch; "
-        "see /stats): its guarantee does not hold.",
+        description="The calibration (or the router's confidence head: router.head_mismatch) "
+        "was made for other models (served under allow_mismatch; see /stats): its guarantee "
+        "does not hold.",
     )
     feedback_id: str | None = Field(
         default=None,

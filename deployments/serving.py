@@ -356,7 +356,7 @@ class CascadeServer:
             degraded_reason=outcome.degraded,
             task_type=task_type,
             task_floor=outcome.task_floor,
-            calibration_mismatch=bool(self.identity_mismatch),
+            calibration_mismatch=bool(self.identity_mismatch) or router.head_mismatch,
             attempts=attempts,
         )
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,6 +38,7 @@ from pydantic import Field, TypeAdapter, field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from safetensors.torch import load_file, save_file
 
+from calibration.identity import IdentityMismatch
 from models.router_device import resolve_device_dtype
 
 __all__ = [
@@ -47,8 +48,11 @@ __all__ = [
     "ConfidenceHeadConfig",
     "RouterOutput",
     "RouterWithHead",
+    "check_head",
     "router_checksum",
 ]
+
+logger = logging.getLogger(__name__)
 
 HEAD_WEIGHTS_FILE = "confidence_head.safetensors"
 HEAD_CONFIG_FILE = "confidence_head.json"
@@ -200,6 +204,39 @@ def router_checksum(router_dir: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def check_head(
+    router_dir: str | Path, head_dir: str | Path | None = None, *, allow_mismatch: bool = False
+) -> str | None:
+    """Whether the head in `head_dir` (default: the router folder) was trained for this router.
+
+    Its confidence describes the router whose checksum its meta records (`router_checksum`);
+    on another router it is a number about something else. None when it fits, when there is no
+    head, or when the meta records no checksum (a head from before checksums were recorded:
+    accepted, as there is no evidence against it). Otherwise raises
+    `calibration.identity.IdentityMismatch` naming both sides, or, under `allow_mismatch`,
+    returns the description for the caller to report loudly. Reads files only (no model), so
+    a cached replay checks the same way as a fresh one."""
+    router_dir = Path(router_dir).expanduser()
+    head_dir = Path(head_dir).expanduser() if head_dir else router_dir
+    if not ConfidenceHead.exists(head_dir):
+        return None
+    trained_for = ConfidenceHead.read_meta(head_dir).get("router_checksum")
+    current = router_checksum(router_dir)
+    if trained_for is None or trained_for == current:
+        return None
+    problem = (
+        f"router: the confidence head in {head_dir} was trained for router {trained_for}, "
+        f"the router in {router_dir} is {current}"
+    )
+    if not allow_mismatch:
+        raise IdentityMismatch(
+            f"{problem}\nRetrain the head for this router (python -m calibration train, or "
+            "`make zoo` for the zoo), or set `allow_mismatch: true` under calibration to serve "
+            "it anyway."
+        )
+    return problem
+
+
 @dataclass(frozen=True)
 class RouterOutput:
     """One batch of routing decisions; tensors are on the CPU, rows follow the prompts."""
@@ -231,8 +268,11 @@ class RouterWithHead:
     """A saved sequence-classification router plus (if present) its confidence head.
 
     `head_dir` defaults to the router folder itself; `load_head=False` ignores any head. A head
-    whose metadata names another router checkpoint (`router_checksum`) is not used: its
-    confidence would describe a different router. `trust_remote_code` stays off unless the
+    whose metadata names another router checkpoint (`router_checksum`) is refused
+    (`IdentityMismatch`, see `check_head`): its confidence would describe a different router.
+    With `allow_mismatch` (the config's `calibration.allow_mismatch`) it is served anyway, with
+    a WARNING, and `head_mismatch` says how it differs (None otherwise). A head whose meta
+    records no checksum is accepted. `trust_remote_code` stays off unless the
     checkpoint is known and needs it. `device`/`dtype` ("auto", "cpu"/"cuda",
     "float32"/"bfloat16"/"float16") are the config's; `self.device`/`self.dtype` what they
     resolved to here.
@@ -247,6 +287,7 @@ class RouterWithHead:
         load_head: bool = True,
         device: str = "auto",
         dtype: str = "auto",
+        allow_mismatch: bool = False,
     ):
         self.router_dir = Path(router_dir).expanduser()
         if not (self.router_dir / "config.json").is_file():
@@ -270,6 +311,7 @@ class RouterWithHead:
         self.batch_size = batch_size
         head_dir = Path(head_dir).expanduser() if head_dir else self.router_dir
         self.head = None
+        self.head_mismatch: str | None = None  # set when a mismatched head is served anyway
         if load_head and ConfidenceHead.exists(head_dir):
             self.head = ConfidenceHead.load(head_dir).float().to(self.device)
             if self.head.config.in_dim != cfg.hidden_size:
@@ -277,14 +319,13 @@ class RouterWithHead:
                     f"confidence head in {head_dir} expects hidden size "
                     f"{self.head.config.in_dim}, the router has {cfg.hidden_size}"
                 )
-            trained_for = self.head.meta.get("router_checksum")
-            if trained_for not in (None, router_checksum(self.router_dir)):
-                warnings.warn(
-                    f"confidence head in {head_dir} was trained for router {trained_for}, not "
-                    f"{router_checksum(self.router_dir)}; using max probability instead",
-                    stacklevel=2,
+            self.head_mismatch = check_head(
+                self.router_dir, head_dir, allow_mismatch=allow_mismatch
+            )
+            if self.head_mismatch:
+                logger.warning(
+                    "confidence head served anyway (allow_mismatch): %s", self.head_mismatch
                 )
-                self.head = None
 
     @property
     def confidence_source(self) -> ConfidenceSource:

@@ -145,15 +145,22 @@ class RouterRows:
 
 
 def router_rows(
-    router_dir: str | Path, prompts: list[str], device: str = "auto", dtype: str = "auto"
+    router_dir: str | Path,
+    prompts: list[str],
+    device: str = "auto",
+    dtype: str = "auto",
+    allow_mismatch: bool = False,
 ) -> RouterRows:
     """`models.router_model.RouterWithHead` on every prompt (the only router inference, the
     one the Router deployment runs, on the config's `router.device`/`router.dtype`), as the
-    evaluation's rows."""
+    evaluation's rows. A head trained for another router raises `IdentityMismatch` unless
+    `allow_mismatch` (the config's `calibration.allow_mismatch`), as serving does."""
     from models.oracle import Policy
     from models.router_model import RouterWithHead
 
-    out = RouterWithHead(router_dir, device=device, dtype=dtype)(prompts)
+    out = RouterWithHead(router_dir, device=device, dtype=dtype, allow_mismatch=allow_mismatch)(
+        prompts
+    )
     complex_id = out.labels.index(Policy.complex.value)
     return RouterRows(
         list(out.policies),
@@ -170,14 +177,17 @@ def cached_router_outputs(
     seed: int,
     device: str = "auto",
     dtype: str = "auto",
+    allow_mismatch: bool = False,
 ) -> RouterRows:
     """`models.router_model.RouterWithHead` on every task prompt (the only router inference,
     the one the Router deployment runs), cached like the answers. The key hashes the router
     folder, the confidence head inside it included, so a retrained head is never replayed,
     and names the resolved device/dtype unless it is cpu/float32 (the keys from before)."""
     from models.router_device import resolve_device_dtype
+    from models.router_model import check_head
 
     router_dir = Path(router_dir)
+    check_head(router_dir, allow_mismatch=allow_mismatch)  # a cached replay is checked too
     where, precision = resolve_device_dtype(device, dtype)
     tag = f"{where.type}-{str(precision).removeprefix('torch.')}"
     kind = "router-head" if tag == "cpu-float32" else f"router-head-{tag}"
@@ -188,7 +198,7 @@ def cached_router_outputs(
             return RouterRows(
                 d["policy"], np.asarray(d["p_complex"]), np.asarray(d["confidence"]), d["source"]
             )
-    rows = router_rows(router_dir, [t.prompt for t in tasks], device, dtype)
+    rows = router_rows(router_dir, [t.prompt for t in tasks], device, dtype, allow_mismatch)
     _write_atomic(
         path,
         {
@@ -272,18 +282,24 @@ def load_split(
     feedback: FeedbackConfig | None = None,
     router_device: str = "auto",
     router_dtype: str = "auto",
+    allow_mismatch: bool = False,
 ) -> EvalSplit:
     """Sample a split, answer it with every tier (cached) and judge the answers.
 
     `root` is the zoo folder (default: `models.zoo.zoo_dir()`, built by `make zoo`); tier and
     router names are subfolders of it. `router_device`/`router_dtype`: the config's
-    `router.device`/`router.dtype`, so the router is the one serving runs.
+    `router.device`/`router.dtype`, so the router is the one serving runs. A confidence head
+    trained for another router raises `IdentityMismatch` unless `allow_mismatch`.
     """
     if root is None:
         from models.zoo import zoo_dir
 
         root = zoo_dir()
     root = Path(root)
+    if router is not None:  # refuse a mismatched head before minutes of answering
+        from models.router_model import check_head
+
+        check_head(root / router, allow_mismatch=allow_mismatch)
     tasks = sample(split, n, seed)
     answers = {t: cached_answers(root / t, tasks, split, seed) for t in tiers}
     judgements = {
@@ -293,7 +309,9 @@ def load_split(
     rows = (
         None
         if router is None
-        else cached_router_outputs(root / router, tasks, split, seed, router_device, router_dtype)
+        else cached_router_outputs(
+            root / router, tasks, split, seed, router_device, router_dtype, allow_mismatch
+        )
     )
     return EvalSplit(
         split=split,

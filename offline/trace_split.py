@@ -76,7 +76,7 @@ def trace_splits(
     if not usable:
         raise ValueError(f"no item of the data set has answers and labels for every tier {names}")
     parts = {p: [i for i in usable if part_of(i.id, seed, fractions) == p] for p in PARTS}  # type: ignore[arg-type]
-    router = _router_rows(app, usable)
+    router = _router_rows(app, usable, allow_mismatch or app.calibration.allow_mismatch)
     splits = {
         p: _split(p, seed, chosen, names, answers, labels, router, usable)
         for p, chosen in parts.items()
@@ -119,12 +119,13 @@ def _task(item: DatasetItem) -> Task:
     )
 
 
-def _router_rows(app: AppArgs, items: list[DatasetItem]) -> RouterRows | None:
+def _router_rows(app: AppArgs, items: list[DatasetItem], allow: bool) -> RouterRows | None:
     """The configured router (and its confidence head) on every query: the Router
-    deployment's own inference code."""
+    deployment's own inference code; a head trained for another router is refused unless
+    `allow` (IdentityMismatch)."""
     if not app.router.enabled:
         return None
     from models.zoo import resolve
 
     r = app.router
-    return router_rows(resolve(r.model), [i.query for i in items], r.device, r.dtype)
+    return router_rows(resolve(r.model), [i.query for i in items], r.device, r.dtype, allow)

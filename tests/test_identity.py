@@ -93,3 +93,45 @@ def test_serving_refuses_an_artifact_made_for_another_model(zoo, tmp_path):
     allowed = AppArgs.model_validate(raw)
     assert served_artifact(allowed).tiers["cheap"].identity.revision == "sha:another"
     assert identity_mismatches(allowed, served_artifact(allowed))[0].startswith("tier 'cheap'")
+
+
+def _router_with_foreign_head(zoo, tmp_path):
+    """A copy of the zoo's router whose head says it was trained for another router."""
+    import json
+
+    from models.router_model import HEAD_CONFIG_FILE
+
+    router = tmp_path / "router"
+    shutil.copytree(zoo / "router", router)
+    doc = json.loads((router / HEAD_CONFIG_FILE).read_text())
+    doc["meta"]["router_checksum"] = "feedfacefeedface"
+    (router / HEAD_CONFIG_FILE).write_text(json.dumps(doc))
+    return router
+
+
+def test_a_head_for_another_router_is_refused_offline(zoo, tmp_path):
+    """The replay (every offline command's router rows) refuses it unless allow_mismatch."""
+    from models.router_model import router_checksum
+    from offline.replay import load_split, router_rows
+
+    router = _router_with_foreign_head(zoo, tmp_path)
+    with pytest.raises(IdentityMismatch) as err:
+        load_split("test", 2, root=tmp_path, tiers=[])
+    text = str(err.value)
+    assert "feedfacefeedface" in text and router_checksum(router) in text
+    rows = router_rows(router, ["12+7"], device="cpu", allow_mismatch=True)
+    assert rows.source == "confidence_head"
+
+
+def test_evaluate_exits_non_zero_on_a_head_for_another_router(zoo, tmp_path, monkeypatch):
+    """Refused before any answer is generated (the check reads files only)."""
+    import offline.cli.evaluate as evaluate_cmd
+    from calibration.__main__ import main
+
+    _router_with_foreign_head(zoo, tmp_path)
+    monkeypatch.setattr(evaluate_cmd, "zoo_root", lambda args: tmp_path)  # no zoo build here
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--n", "2", "--n-cal", "2", "--n-fit", "2"])
+    message = str(exc.value.code)
+    assert message.startswith("cannot evaluate: router: the confidence head in")
+    assert "feedfacefeedface" in message and "allow_mismatch: true" in message

@@ -8,11 +8,14 @@ import torch
 from pydantic import ValidationError
 
 from calibration.config import AppArgs
+from calibration.identity import IdentityMismatch
 from models.router_model import (
     HEAD_CONFIG_FILE,
+    HEAD_WEIGHTS_FILE,
     ConfidenceHead,
     ConfidenceHeadConfig,
     RouterWithHead,
+    check_head,
     router_checksum,
 )
 from models.tasks import sample
@@ -133,17 +136,58 @@ def test_router_dir_must_exist(tmp_path):
         RouterWithHead(tmp_path)
 
 
-def test_a_head_for_another_router_is_not_used(tiny_zoo, prompts, tmp_path):
+def test_a_head_for_another_router_is_refused_unless_allowed(tiny_zoo, prompts, tmp_path, caplog):
     router_dir = tmp_path / "router"
     shutil.copytree(tiny_zoo / "router", router_dir)
     width = RouterWithHead(router_dir).model.config.hidden_size
+    current = router_checksum(router_dir)
     _head(in_dim=width).save(router_dir, meta={"router_checksum": "0123456789abcdef"})
-    with pytest.warns(UserWarning, match="trained for router 0123456789abcdef"):
-        router = RouterWithHead(router_dir)
-    assert router.confidence_source == "max_probability"
-    _head(in_dim=width).save(router_dir, meta={"router_checksum": router_checksum(router_dir)})
-    assert RouterWithHead(router_dir).confidence_source == "confidence_head"
+    with pytest.raises(IdentityMismatch) as err:
+        RouterWithHead(router_dir)  # allow_mismatch=False by default
+    text = str(err.value)
+    assert "trained for router 0123456789abcdef" in text and current in text
+    assert str(router_dir) in text
+    assert "python -m calibration train" in text and "allow_mismatch: true" in text
+    with pytest.raises(IdentityMismatch):
+        check_head(router_dir)  # the file-only check (cached replays) agrees
+    with caplog.at_level("WARNING", logger="models.router_model"):
+        allowed = RouterWithHead(router_dir, allow_mismatch=True)
+    assert "served anyway" in caplog.text and current in caplog.text
+    assert allowed.confidence_source == "confidence_head"  # served, loudly
+    assert allowed.head_mismatch is not None and "0123456789abcdef" in allowed.head_mismatch
+    assert allowed(prompts).confidence_source == "confidence_head"
+    assert check_head(router_dir, allow_mismatch=True) == allowed.head_mismatch
+    # load_head=False never looks at the head
     assert RouterWithHead(router_dir, load_head=False).confidence_source == "max_probability"
+    _head(in_dim=width).save(router_dir, meta={"router_checksum": current})
+    fitting = RouterWithHead(router_dir)
+    assert fitting.confidence_source == "confidence_head" and fitting.head_mismatch is None
+
+
+def test_a_changed_router_weight_refuses_its_old_head(tiny_zoo, tmp_path):
+    router_dir = tmp_path / "router"
+    shutil.copytree(tiny_zoo / "router", router_dir)
+    width = RouterWithHead(router_dir).model.config.hidden_size
+    trained_for = router_checksum(router_dir)
+    _head(in_dim=width).save(router_dir, meta={"router_checksum": trained_for})
+    weights = next(f for f in router_dir.glob("*.safetensors") if f.name != HEAD_WEIGHTS_FILE)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1.0  # another router now
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(IdentityMismatch, match=trained_for):
+        RouterWithHead(router_dir)
+
+
+def test_a_head_without_a_recorded_checksum_is_accepted(tiny_zoo, tmp_path):
+    router_dir = tmp_path / "router"
+    shutil.copytree(tiny_zoo / "router", router_dir)
+    width = RouterWithHead(router_dir).model.config.hidden_size
+    _head(in_dim=width).save(router_dir)  # meta {}: from before checksums were recorded
+    router = RouterWithHead(router_dir)
+    assert router.confidence_source == "confidence_head" and router.head_mismatch is None
 
 
 # --- device and dtype (router.device / router.dtype) ------------------------------------------

@@ -76,6 +76,7 @@ def _text(r: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from calibration.identity import IdentityMismatch
     from offline.replay import load_split
 
     if not 0 < args.alpha < 1:
@@ -88,7 +89,12 @@ def run(args: argparse.Namespace) -> int:
     log(f"answers: calibration n={args.n_cal}, test n={args.n}, seed {args.seed} (cached)")
     # the router's verdicts only for the artifact's drift reference (`_with_drift`)
     router = "router" if args.out is not None else None
-    cal = load_split("calibration", args.n_cal, args.seed, root=root, tiers=tiers, router=router)
+    try:  # a confidence head trained for another router is refused, as serving refuses it
+        cal = load_split(
+            "calibration", args.n_cal, args.seed, root=root, tiers=tiers, router=router
+        )
+    except IdentityMismatch as e:
+        raise SystemExit(f"cannot calibrate: {e}") from e
     test = load_split("test", args.n, args.seed, root=root, tiers=tiers, router=None)
     scorer = _scorer(args, root, tiers)
     artifact, check = _calibrate_and_check(args, root, scorer, cal, test)

@@ -12,6 +12,7 @@ costs are reported relative to always-strong = 1.0.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 from offline.cli.common import (
@@ -90,6 +91,7 @@ def _text(report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from calibration.identity import IdentityMismatch
     from offline.evaluate import EvalSettings, evaluate
     from offline.plots import cost_quality_plot
     from offline.replay import load_split
@@ -107,9 +109,14 @@ def run(args: argparse.Namespace) -> int:
         f"answers: {args.fit_split} (fit) n={args.n_fit}, calibration n={args.n_cal}, "
         f"{args.split} n={args.n}, seed {args.seed} (cached after the first run)"
     )
-    fit = load_split(args.fit_split, args.n_fit, args.seed, root=root, tiers=tiers)
-    cal = load_split("calibration", args.n_cal, args.seed, root=root, tiers=tiers)
-    test = load_split(args.split, args.n, args.seed, root=root, tiers=tiers)
+    # a confidence head trained for another router is refused, as serving refuses it
+    split = partial(load_split, root=root, tiers=tiers, allow_mismatch=_allow_mismatch(args))
+    try:
+        fit = split(args.fit_split, args.n_fit, args.seed)
+        cal = split("calibration", args.n_cal, args.seed)
+        test = split(args.split, args.n, args.seed)
+    except IdentityMismatch as e:
+        raise SystemExit(f"cannot evaluate: {e}") from e
     log("replaying strategies")
     served = _served(args, root, tiers)
     report = evaluate(policy, test, cal, fit, EvalSettings(seed=args.seed), served)
@@ -122,6 +129,13 @@ def run(args: argparse.Namespace) -> int:
         report["plot"] = str(cost_quality_plot(report, path))
     emit(report, args.json, _text(report))
     return 0
+
+
+def _allow_mismatch(args: argparse.Namespace) -> bool:
+    """The serve config's `calibration.allow_mismatch`: evaluate what serving would serve."""
+    from offline.cli.common import load_app_args
+
+    return load_app_args(args).calibration.allow_mismatch
 
 
 def _served(args: argparse.Namespace, root: Path, tiers: list[str]):
