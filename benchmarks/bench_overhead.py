@@ -104,10 +104,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--engine", default="auto", help="every tier's and the bare app's engine")
     p.add_argument("--quick", action="store_true", help="2 rounds of 15 prompts")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--speculate", action="store_true", help="router.speculate on (off as served by default)"
+    )
     a = p.parse_args(argv)
     rounds, n = (2, 15) if a.quick else (a.rounds, a.n)
-    with arms_running(a.engine) as arms:
-        result = measure(arms, rounds, n)
+    with arms_running(a.engine, speculate=a.speculate) as arms:
+        result = {"speculate": a.speculate, **measure(arms, rounds, n)}
     if a.json:
         print(json.dumps(result))
     else:

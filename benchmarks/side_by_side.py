@@ -64,13 +64,17 @@ def _wait_answering(arms: Arms, prompt: str, wait_s: float) -> None:
 
 
 @contextmanager
-def arms_running(engine: str = "auto", wait_s: float = 600) -> Iterator[Arms]:
+def arms_running(
+    engine: str = "auto", wait_s: float = 600, speculate: bool = False
+) -> Iterator[Arms]:
     """serve_config.yaml's graph (its deployments, autoscaling included) with every tier on
-    `engine`, and the bare app on the cheap tier's model and engine settings, side by side."""
+    `engine` (and `router.speculate` as given), and the bare app on the cheap tier's model and
+    engine settings, side by side."""
     args = AppArgs.from_serve_config()
     kind = engine_kind(engine)
     tiers = [t.model_copy(update={"engine": kind}) for t in args.tiers]
-    args = args.model_copy(update={"tiers": tiers})
+    router = args.router.model_copy(update={"speculate": speculate})
+    args = args.model_copy(update={"tiers": tiers, "router": router})
     cheap = tiers[0]
     bare = bare_app(cheap.model, kind, cheap.engine_kwargs, args.limits.top_logprobs)
     with running_app(args, quiet=True, wait_s=wait_s, extra_apps={"bare": (bare, BARE_PREFIX)}) as (

@@ -135,9 +135,11 @@ class RouterArgs(_Strict):
         default=False, description="Run the checkpoint's own code; only for a model you trust."
     )
     speculate: bool = Field(
-        default=True,
+        default=False,
         description="Start the cheapest tier's call while the router decides; it is dropped "
-        "(cancelled, not charged) when the run starts higher (deployments.speculation).",
+        "(cancelled, not charged) when the run starts higher (deployments.speculation). Off "
+        "by default: it sends the cheap tier every cascade request, so a load the router "
+        "sends to the top tier scales the cheap tier too.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto",

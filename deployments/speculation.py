@@ -7,8 +7,10 @@ router's; when the router (or a task floor) starts the request higher, the call 
 its answer never used. What it costs: the cheap tier's work on the requests the router sends up
 (counted in `cascade_speculative_calls{outcome="dropped"}`, not charged in `routing.cost`, which
 prices the calls whose answers the cascade used, as the offline evaluation does). Decisions are
-unchanged: the same request reaches the same tier, only earlier. `router.speculate: false`
-turns it off (a cluster whose cheap tier is the bottleneck under load).
+unchanged: the same request reaches the same tier, only earlier. `router.speculate: true` turns
+it on; it is off by default because it couples the tiers' autoscaling: every cascade request
+reaches the cheap tier, so a load the router sends to the top tier scales the cheap tier too
+(`tests/test_reload_autoscale_e2e.py` caught exactly that with it on).
 """
 
 from __future__ import annotations

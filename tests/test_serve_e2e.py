@@ -24,7 +24,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def service(zoo):
-    with running_app(AppArgs.from_serve_config()) as urls:
+    """serve_config.yaml's graph with `router.speculate` on (off by default): so the agreement
+    test below holds the speculative path to the offline routes too; the other graph tests
+    (3-tier, autoscaling, health) run it off."""
+    args = AppArgs.from_serve_config()
+    args = args.model_copy(update={"router": args.router.model_copy(update={"speculate": True})})
+    with running_app(args) as urls:
         yield urls
 
 
