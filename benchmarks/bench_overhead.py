@@ -13,13 +13,11 @@ proxy, ingress, tier), `forced_strong` (model=strong: the strong tier's own time
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import httpx
 
-from benchmarks.side_by_side import Arms, arms_running, chat, percentiles, spread
+from benchmarks.side_by_side import Arms, arms_parser, chat, percentiles, report, spread
 from benchmarks.tables import table
 from models.tasks import sample
 
@@ -96,26 +94,11 @@ def _print(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks overhead", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument("--rounds", type=int, default=3)
+    p = arms_parser("python -m benchmarks overhead", __doc__, "2 rounds of 15 prompts")
     p.add_argument("--n", type=int, default=40, help="prompts per round (default 40)")
-    p.add_argument("--engine", default="auto", help="every tier's and the bare app's engine")
-    p.add_argument("--quick", action="store_true", help="2 rounds of 15 prompts")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument(
-        "--speculate", action="store_true", help="router.speculate on (off as served by default)"
-    )
     a = p.parse_args(argv)
     rounds, n = (2, 15) if a.quick else (a.rounds, a.n)
-    with arms_running(a.engine, speculate=a.speculate) as arms:
-        result = {"speculate": a.speculate, **measure(arms, rounds, n)}
-    if a.json:
-        print(json.dumps(result))
-    else:
-        _print(result)
-    return result
+    return report(a, lambda arms: measure(arms, rounds, n), _print)
 
 
 def cli(argv: list[str]) -> None:

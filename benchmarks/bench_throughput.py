@@ -11,15 +11,13 @@ the served policy) and `forced` (model=cheap through the graph). `--json` prints
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import statistics
 import time
 
 import httpx
 
-from benchmarks.side_by_side import Arms, arms_running, chat, spread
+from benchmarks.side_by_side import Arms, arms_parser, chat, report, spread
 from benchmarks.tables import table
 from models.tasks import sample
 
@@ -109,26 +107,11 @@ def _print(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks throughput", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument("--rounds", type=int, default=3)
+    p = arms_parser("python -m benchmarks throughput", __doc__, "2 rounds of 4 s")
     p.add_argument("--seconds", type=float, default=8.0, help="per arm and concurrency")
-    p.add_argument("--engine", default="auto", help="every tier's and the bare app's engine")
-    p.add_argument("--quick", action="store_true", help="2 rounds of 4 s")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument(
-        "--speculate", action="store_true", help="router.speculate on (off as served by default)"
-    )
     a = p.parse_args(argv)
     rounds, seconds = (2, 4.0) if a.quick else (a.rounds, a.seconds)
-    with arms_running(a.engine, speculate=a.speculate) as arms:
-        result = {"speculate": a.speculate, **measure(arms, rounds, seconds)}
-    if a.json:
-        print(json.dumps(result))
-    else:
-        _print(result)
-    return result
+    return report(a, lambda arms: measure(arms, rounds, seconds), _print)
 
 
 def cli(argv: list[str]) -> None:

@@ -8,9 +8,11 @@ the engine and not with the neighbours. Every figure is reported per round, with
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -22,7 +24,7 @@ from calibration.config import AppArgs
 from deployments.local import running_app
 from models.loading import engine_kind
 
-__all__ = ["Arms", "arms_running", "chat", "percentiles", "spread"]
+__all__ = ["Arms", "arms_parser", "arms_running", "chat", "percentiles", "report", "spread"]
 
 BARE_PREFIX = "/bare"
 
@@ -103,3 +105,29 @@ def spread(values: list[float]) -> str:
     if not values:
         return "n/a"
     return f"{statistics.median(values):.2f} ({min(values):.2f}..{max(values):.2f})"
+
+
+def arms_parser(prog: str, doc: str, quick: str) -> argparse.ArgumentParser:
+    """The options every side-by-side benchmark takes; each adds its own sizes."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--engine", default="auto", help="every tier's and the bare app's engine")
+    p.add_argument("--quick", action="store_true", help=quick)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--speculate", action="store_true", help="router.speculate on (off as served by default)"
+    )
+    return p
+
+
+def report(
+    a: argparse.Namespace, measure: Callable[[Arms], dict], show: Callable[[dict], None]
+) -> dict:
+    """Start the arms as `a` says, measure, print one JSON object (`--json`) or the table."""
+    with arms_running(a.engine, speculate=a.speculate) as arms:
+        result = {"speculate": a.speculate, **measure(arms)}
+    if a.json:
+        print(json.dumps(result))
+    else:
+        show(result)
+    return result
