@@ -67,13 +67,21 @@ _Strict = Strict
 class TierArgs(_Strict):
     name: str = Field(description="Tier name; a request can force it as its `model`.")
     model: str = Field(description="'zoo:cheap' / 'zoo:strong', a Hugging Face id, or a path.")
-    engine: Literal["auto", "transformers", "vllm", "openai"] = Field(
+    engine: Literal["auto", "transformers", "vllm", "openai", "ray_llm"] = Field(
         default="auto",
         description="auto: vLLM if importable, else transformers; openai: an OpenAI-compatible "
-        "server (engine_kwargs: base_url, api_key_env), `model` being its model name.",
+        "server (engine_kwargs: base_url, api_key_env), `model` being its model name; "
+        "ray_llm: a ray.serve.llm LLMServer deployment (vLLM), engine_kwargs being its "
+        "vLLM engine args and llm_config its other LLMConfig fields.",
     )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Passed to the engine (dtype, max_model_len, ...)."
+    )
+    llm_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="engine: ray_llm only. ray.serve.llm LLMConfig fields passed through as "
+        "given (placement_group_config, deployment_config, accelerator_type, runtime_env, ...); "
+        "model_loading_config comes from `name`/`model`, engine_kwargs from `engine_kwargs`.",
     )
     trust_remote_code: bool = Field(
         default=False, description="Run the checkpoint's own code; only for a model you trust."
@@ -112,6 +120,21 @@ class TierArgs(_Strict):
         if "trust_remote_code" in v:
             raise ValueError("set trust_remote_code on the tier itself, not in engine_kwargs")
         return v
+
+    @model_validator(mode="after")
+    def _llm_config_only_for_ray_llm(self) -> TierArgs:
+        if self.llm_config and self.engine != "ray_llm":
+            raise ValueError(
+                f"tier {self.name!r}: llm_config is read only with engine: ray_llm "
+                f"(this tier's engine is {self.engine!r})"
+            )
+        owned = sorted({"model_loading_config", "engine_kwargs"} & set(self.llm_config))
+        if owned:
+            raise ValueError(
+                f"tier {self.name!r}: llm_config may not set {owned}: the model comes from the "
+                "tier's `model` (served as its `name`), the vLLM args from its `engine_kwargs`"
+            )
+        return self
 
     @field_validator("name")
     @classmethod

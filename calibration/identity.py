@@ -7,10 +7,10 @@ settings, and the guarantee no longer holds, silently. So every artifact records
 `evaluate`, `calibrate` on old traces) compares it with what it is about to use.
 
 `engine` is recorded, and compared as local vs remote only: the transformers and vLLM engines
-(and `auto`, which picks whichever is installed) return the same raw logprobs for the same
-checkpoint (tests/test_vllm_engine.py), while a remote server (`openai`) may run anything.
-Of the decoding settings, those that change which tokens come out are compared (temperature,
-top_p, stop);
+(and `auto`, which picks whichever is installed; `ray_llm`, which is vLLM inside ray.serve.llm)
+return the same raw logprobs for the same checkpoint (tests/test_vllm_engine.py), while a
+remote server (`openai`) may run anything. Of the decoding settings, those that change which
+tokens come out are compared (temperature, top_p, stop);
 `max_tokens` is recorded but not compared: a greedy answer is the same up to the shorter
 limit, and one cut by the limit says so in its finish reason.
 """
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["IdentityMismatch", "TierIdentity", "check_identities", "mismatches"]
 
-_LOCAL = {"auto", "transformers", "vllm"}
+_LOCAL = {"auto", "transformers", "vllm", "ray_llm"}
 _DECODING_COMPARED = ("temperature", "top_p", "stop")
 
 

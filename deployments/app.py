@@ -15,12 +15,21 @@ from typing import Any
 
 from ray.serve import Application
 
-from calibration.config import INGRESS, ROUTER, AppArgs, tier_deployment_name
+from calibration.config import INGRESS, ROUTER, AppArgs, TierArgs, tier_deployment_name
 from deployments.ingress import Ingress
 from deployments.llm import LLMTier
 from deployments.router import RouterDeployment
 
 __all__ = ["build_app"]
+
+
+def _llm_server(tier: TierArgs, top_logprobs: int) -> Application | None:
+    """A ray_llm tier's own LLMServer deployment (`deployments.ray_llm`), else None."""
+    if tier.engine != "ray_llm":
+        return None
+    from deployments.ray_llm import build_llm_server
+
+    return build_llm_server(tier, top_logprobs)
 
 
 def build_app(args: dict[str, Any] | AppArgs) -> Application:
@@ -40,6 +49,7 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
             fault=t.fault.model_dump() if t.fault else None,
             health_probe_interval_s=t.health_probe_interval_s,
             health_probe_timeout_s=t.health_probe_timeout_s,
+            llm_server=_llm_server(t, args.limits.top_logprobs),
         )
     router = None
     if args.router.enabled:

