@@ -47,6 +47,7 @@ from deployments.protocol import (
 )
 from deployments.serving import CascadeResult, CascadeServer
 from models.engine import SamplingSettings
+from models.identity import configured_identities
 
 __all__ = ["Ingress", "app"]
 
@@ -102,6 +103,11 @@ class Ingress:
         self.base_args = AppArgs.model_validate(args)
         self.server = CascadeServer(self.base_args, tiers, router)
         self.feedback = FeedbackDesk(self.server, self.base_args.adaptive)
+        # what each tier serves, as calibration artifacts record it (GET /v1/models): computed
+        # once, since tiers do not change without a restart (reconfigure moves thresholds only)
+        self.identities = {
+            t: i.model_dump(mode="json") for t, i in configured_identities(self.base_args).items()
+        }
         app.state.max_body_bytes = self.base_args.limits.max_body_bytes
         self._openapi: dict | None = None
         self._serving, self.config_refused = False, None  # see reconfigure
@@ -202,10 +208,18 @@ class Ingress:
 
     @app.get("/v1/models")
     async def models(self) -> ModelList:
+        """The cascade, then one card per tier (`model` = its name forces it). A tier's
+        `metadata.identity` is the `TierIdentity` its calibration must have been made for:
+        `collect --endpoint` records it with the traces it collects from here."""
         cards = [ModelCard(id="cascade", metadata={"tiers": self.server.policy.tier_names})]
         cards += [
             ModelCard(
-                id=t.name, metadata={"model": t.model, "cost_per_request": t.cost_per_request}
+                id=t.name,
+                metadata={
+                    "model": t.model,
+                    "cost_per_request": t.cost_per_request,
+                    "identity": self.identities.get(t.name),
+                },
             )
             for t in self.server.args.tiers
         ]

@@ -1,6 +1,8 @@
 """`collect` and `judge`: from the user's data set to labelled traces of every tier.
 
 python -m calibration collect --config serve_config.yaml --data items.jsonl --out traces/
+python -m calibration collect --config serve_config.yaml --data items.jsonl --out traces/ \
+    --endpoint http://127.0.0.1:8000 [--api-key-env CASCADE_API_KEY]
 python -m calibration judge --traces traces/ --judge normalized
 """
 
@@ -22,6 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", type=Path, required=True, help="the traces folder (resumable)")
     c.add_argument("--batch", type=int, default=32, help="items per engine call (default 32)")
     c.add_argument("--tiers", default=None, help="comma-separated tier names (default: all)")
+    c.add_argument(
+        "--endpoint",
+        default=None,
+        help="collect through this running service (http://host:port[/v1]) instead of loading "
+        "the engines here; the tiers' identities are checked against the config's",
+    )
+    c.add_argument("--api-key-env", default=None, help="the variable holding the endpoint's key")
     c.add_argument("--no-progress", action="store_true")
     c.add_argument("--json", action="store_true")
     c.set_defaults(run=_collect)
@@ -67,6 +76,7 @@ def _items(path: Path):
 
 
 def _collect(args: argparse.Namespace) -> int:
+    from models.engine import EngineError
     from offline.collect import collect
 
     if args.batch < 1:
@@ -77,16 +87,28 @@ def _collect(args: argparse.Namespace) -> int:
     unknown = set(tiers or ()) - {t.name for t in app.tiers}
     if unknown:
         raise SystemExit(f"--tiers names {sorted(unknown)}, not tiers of the config")
-    log(f"collecting {len(items)} items from {args.data} into {args.out}")
-    reports = collect(
-        app,
-        items,
-        args.out,
-        data=str(args.data),
-        batch=args.batch,
-        tiers=tiers,
-        progress=not args.no_progress,
-    )
+    if args.api_key_env and not args.endpoint:
+        raise SystemExit("--api-key-env is the key of an --endpoint; give the endpoint too")
+    via = f" through {args.endpoint}" if args.endpoint else ""
+    log(f"collecting {len(items)} items from {args.data} into {args.out}{via}")
+    options = {"data": str(args.data), "batch": args.batch, "progress": not args.no_progress}
+    try:
+        if args.endpoint:
+            from offline.collect_endpoint import collect_through
+
+            reports = collect_through(
+                args.endpoint,
+                app,
+                items,
+                args.out,
+                api_key_env=args.api_key_env,
+                tiers=tiers,
+                **options,
+            )
+        else:
+            reports = collect(app, items, args.out, tiers=tiers, **options)
+    except (ValueError, EngineError) as e:  # IdentityMismatch, EndpointError, a refused item
+        raise SystemExit(str(e)) from e
     payload = {
         "items": len(items),
         "tiers": {
