@@ -1,12 +1,20 @@
 """CLI of the confidence head: `python -m calibration labels|train|report|ablate`.
 
     python -m calibration labels --split calibration --n 4000 --seed 0
-    python -m calibration train --reward linear brier log [--num-workers 2] [--install]
+    python -m calibration train --reward linear brier log [--workers 2] [--gpu] [--install]
     python -m calibration report --split test --seed 0 --json
     python -m calibration ablate --split test --seeds 0 1 2 3 4 --json
 
-`--zoo` defaults to the built zoo (models.zoo.zoo_dir()); these commands never build it.
-Artifacts (labels, heads, PNGs, tables) go under `--out` (default artifacts/).
+From the user's collected and judged traces (`collect`, then `judge`), for a config's router:
+
+    python -m calibration labels --config serve_config.yaml --traces traces/ [--split-seed 0]
+    python -m calibration train --config serve_config.yaml --traces traces/ --workers 2 --install
+
+`--traces` labels the fit (training) and calibration (validation) parts of `calibrate`'s split,
+never its held-out part, with no LM run (`offline.head.trace_labels`). `--workers N [--gpu]`
+is Ray Train's `ScalingConfig(num_workers=N, use_gpu=...)`, on the Ray cluster already running
+(RAY_ADDRESS) if any. `--zoo` defaults to the built zoo (models.zoo.zoo_dir()); these commands
+never build it. Artifacts (labels, heads, PNGs, tables) go under `--out` (default artifacts/).
 `add_subcommands(subparsers)` registers the four commands; `register` is the same function
 under the name `offline.cli`'s COMMANDS modules use.
 """
@@ -29,12 +37,16 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=4000, help="queries to label (default 4000)")
     p.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
     p.add_argument("--refresh", action="store_true", help="relabel even if the cache is current")
+    _traces(p)
     p.set_defaults(func=run_labels, run=run_labels)
 
     p = subparsers.add_parser("train", help="train the confidence head: SFT, then RL")
     _common(p)
     _data(p)
     _head(p)
+    _traces(p)
+    h = "GPU workers on Ray Train (ScalingConfig use_gpu); refused where no GPU is visible"
+    p.add_argument("--gpu", action="store_true", help=h)
     p.add_argument(
         "--reward",
         nargs="+",
@@ -48,7 +60,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         const="sft_rl_log",
         default=None,
         metavar="METHOD",
-        help="copy this trained head beside the zoo's router (default sft_rl_log)",
+        help="copy this trained head beside the router it was trained for (the config's with "
+        "--config, else the zoo's) so serving loads it (default sft_rl_log)",
     )
     p.set_defaults(func=run_train, run=run_train)
 
@@ -65,13 +78,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     _data(p)
     _head(p)
     _eval(p)
-    p.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=[0, 1, 2, 3, 4],
-        help="training seeds (default 0 1 2 3 4)",
-    )
+    h = "training seeds (default 0 1 2 3 4)"
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help=h)
     p.set_defaults(func=run_ablate, run=run_ablate)
 
 
@@ -88,20 +96,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         "and top tiers, resolved as serving resolves them (default: the zoo's router/cheap/strong)",
     )
     p.add_argument("--out", type=Path, default=Path("artifacts"), help="artifacts folder")
-    p.add_argument(
-        "--oracle-matrix",
-        type=Path,
-        default=None,
-        help='JSON {"cheap/strong": "standard"|"complex"} (default models.oracle)',
-    )
+    h = 'JSON {"cheap/strong": "standard"|"complex"} (default models.oracle)'
+    p.add_argument("--oracle-matrix", type=Path, default=None, help=h)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (default 1: the models are tiny, the box is shared)",
-    )
+    h = "torch CPU threads (default 1: the models are tiny, the box is shared)"
+    p.add_argument("--threads", type=int, default=1, help=h)
 
 
 def _data(p: argparse.ArgumentParser) -> None:
@@ -128,11 +128,21 @@ def _head(p: argparse.ArgumentParser) -> None:
         help="ranking-loss margin (default: RLConfig's, the design's 0.3)",
     )
     p.add_argument(
+        "--workers",
         "--num-workers",
+        dest="num_workers",
         type=int,
         default=1,
-        help="N > 1 trains on Ray Train's TorchTrainer (CPU workers)",
+        help="N > 1 trains on Ray Train's TorchTrainer: ScalingConfig(num_workers=N)",
     )
+
+
+def _traces(p: argparse.ArgumentParser) -> None:
+    h = "collected, judged traces: label them for --config's router, not the zoo's splits"
+    p.add_argument("--traces", type=Path, default=None, help=h)
+    p.add_argument("--data", type=Path, default=None, help="default: the traces' data file")
+    p.add_argument("--split-seed", type=int, default=0, help="calibrate's --seed of the split")
+    p.add_argument("--fractions", default="0.4,0.4,0.2", help="fit,calibration,held-out shares")
 
 
 def _eval(p: argparse.ArgumentParser) -> None:
@@ -151,13 +161,9 @@ def _log(msg: str) -> None:
 def _zoo(args: argparse.Namespace):
     """The checkpoints to label with (`LabelModels`): the config's router and ladder ends with
     --config, else the zoo folder's; the zoo is never built here (`python -m models.zoo`)."""
-    import torch
-    from transformers.utils import logging as hf_logging
-
     from models.zoo import zoo_dir
 
-    hf_logging.disable_progress_bar()  # per-chunk "Loading weights" bars; ours is enough
-    torch.set_num_threads(max(1, args.threads))
+    _zoo_quiet(args)
     from offline.head.labels import LabelModels
 
     if args.config is not None:
@@ -181,6 +187,15 @@ def _zoo(args: argparse.Namespace):
             "or pass --zoo"
         )
     return LabelModels.of_zoo(root)
+
+
+def _zoo_quiet(args: argparse.Namespace) -> None:
+    """--threads torch threads, and no per-chunk "Loading weights" bars (ours are enough)."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(max(1, args.threads))
 
 
 def _configs(args: argparse.Namespace):
@@ -207,7 +222,7 @@ def _configs(args: argparse.Namespace):
     except ValueError as e:
         raise SystemExit(f"bad head option: {e}") from e
     if args.num_workers < 1:
-        raise SystemExit(f"--num-workers must be >= 1, got {args.num_workers}")
+        raise SystemExit(f"--workers must be >= 1, got {args.num_workers}")
     return sft, rl
 
 
@@ -230,9 +245,31 @@ def _print(payload: dict, as_json: bool, text: str) -> None:
     print(json.dumps(payload) if as_json else text)
 
 
+def _trace_labels(args: argparse.Namespace, refresh: bool = False):
+    """(router folder, {"fit": ..., "calibration": ...}) from --traces and --config."""
+    from offline.cli.calibrate import _fractions
+    from offline.head.trace_labels import labels_of_traces, trace_router
+
+    _zoo_quiet(args)
+    options = {"out_dir": args.out / "labels", "matrix": _matrix(args), "seed": args.split_seed}
+    options |= {"fractions": _fractions(args.fractions), "refresh": refresh}
+    try:
+        app, labels = labels_of_traces(args.config, args.traces, args.data, **options)
+        return trace_router(app), labels
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # IdentityMismatch: as calibrate
+        raise SystemExit(str(e)) from e
+
+
 def run_labels(args: argparse.Namespace) -> int:
     from offline.head.labels import label_split, labels_path
 
+    if args.traces is not None:
+        from offline.head.trace_labels import summarize
+
+        labels = _trace_labels(args, refresh=args.refresh)[1]
+        summary = summarize(labels, args.out / "labels", args.split_seed, str(args.traces))
+        _print(summary, args.json, json.dumps(summary, indent=2))
+        return 0
     root, matrix = _zoo(args), _matrix(args)
     labels = label_split(
         root,
@@ -264,23 +301,28 @@ def run_labels(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from offline.head.baselines import fit_methods
-    from offline.head.fitting import ray_session
+    from offline.head.fitting import NoGPU, check_gpu, ray_session
 
-    root, matrix = _zoo(args), _matrix(args)
     sft, rl = _configs(args)
-    train, val = _data_spec(args).load(root, args.out, False if args.quiet else None, matrix)
+    try:
+        check_gpu(args.gpu)  # before labelling: a refused --gpu wastes no work
+    except NoGPU as e:
+        raise SystemExit(str(e)) from e
+    if args.traces is not None:
+        router_dir, labels = _trace_labels(args)
+        train, val = labels["fit"], labels["calibration"]
+    else:
+        root, matrix = _zoo(args), _matrix(args)
+        train, val = _data_spec(args).load(root, args.out, False if args.quiet else None, matrix)
+        router_dir = root.router
     names = ["sft", *(f"sft_rl_{r}" for r in args.reward)]
-    _log(f"training {names} on {train.n} calibration / {val.n} validation labels")
-    with ray_session(args.num_workers):  # one Ray start-up for every head when N > 1
-        methods = fit_methods(
-            names,
-            train,
-            val,
-            sft=sft,
-            rl=rl,
-            cache_dir=args.out / "heads",
-            num_workers=args.num_workers,
-        )
+    _log(f"training {names} on {train.n} training / {val.n} validation labels")
+    options = {"sft": sft, "rl": rl, "cache_dir": args.out / "heads"}
+    try:
+        with ray_session(args.num_workers, args.gpu):  # one Ray start-up for every head
+            methods = fit_methods(names, train, val, num_workers=args.num_workers, **options)
+    except NoGPU as e:  # raised before any Ray starts, or on a cluster without GPUs
+        raise SystemExit(str(e)) from e
     summary = {
         "heads": {n: str(args.out / "heads" / n) for n in names},
         "validation": {n: m.info() for n, m in methods.items()},
@@ -293,9 +335,9 @@ def run_train(args: argparse.Namespace) -> int:
         from models.router_model import ConfidenceHead, router_checksum
 
         head = ConfidenceHead.load(args.out / "heads" / args.install)
-        meta = {**head.meta, "router_checksum": router_checksum(root.router)}
-        head.save(root.router, meta=meta)
-        summary["installed"] = {"method": args.install, "into": str(root.router)}
+        meta = {**head.meta, "router_checksum": router_checksum(router_dir)}
+        head.save(router_dir, meta=meta)
+        summary["installed"] = {"method": args.install, "into": str(router_dir)}
     _print(summary, args.json, json.dumps(summary, indent=2))
     return 0
 
@@ -340,7 +382,7 @@ def run_ablate(args: argparse.Namespace) -> int:
     root, matrix = _zoo(args), _matrix(args)
     sft, rl = _configs(args)
     if args.num_workers != 1:
-        _log("ablate trains in-process; --num-workers is ignored")
+        _log("ablate trains in-process; --workers is ignored")
     result = ablate(
         root,
         args.split,

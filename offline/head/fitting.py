@@ -3,19 +3,24 @@ in this process or data-parallel on Ray Train, and the head the zoo serves.
 
 - `fit_head(train, val, sft, rl, num_workers)`: a fresh head standardised on `train`, SFT with
   early stopping on `val`, then RL from the SFT checkpoint; `fit_sft` / `fit_rl` run one stage.
-- N = 1 worker trains in-process; N > 1 runs both stages in one Ray Train `TorchTrainer` run
-  (`_run_on_ray`, DDP over gloo on CPU), inside `ray_session`, which starts a local Ray when
-  none is running so several trainings share one start-up.
+- N = 1 worker trains in-process; N > 1 (or `use_gpu`) runs both stages in one Ray Train
+  `TorchTrainer` run (`_run_on_ray`: `ScalingConfig(num_workers=N, use_gpu=...)`, DDP over
+  gloo on CPU, NCCL on GPUs), inside `ray_session`, which joins the Ray cluster already
+  running (RAY_ADDRESS, or a `ray.init` of the caller) unchanged, else starts a local Ray, so
+  several trainings share one start-up. `use_gpu` without a GPU is refused (`NoGPU`) before
+  any Ray starts.
 - `train_default_head(zoo_root)` is what the zoo build calls: labels, SFT, RL, saved beside the
   router.
 
     python -m calibration train --reward brier log linear    # heads under artifacts/heads/
-    python -m calibration train --num-workers 2              # the same, on Ray Train
+    python -m calibration train --workers 2                  # the same, on Ray Train
+    python -m calibration train --workers 2 --gpu            # on 2 GPU workers
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import os
 import tempfile
@@ -32,6 +37,8 @@ from offline.head.training import LOOPS, RLConfig, SFTConfig
 __all__ = [
     "DEFAULT_HEAD_REWARD",
     "DEFAULT_LABELS",
+    "NoGPU",
+    "check_gpu",
     "fit_head",
     "fit_rl",
     "fit_sft",
@@ -121,13 +128,24 @@ def fit_rl(
 def _train_stages(head: ConfidenceHead, stages: list, data: tuple, num_workers: int) -> list:
     """Run [("sft" | "rl", config), ...] on `head` in place; one validation history per stage.
 
-    N = 1 runs in this process; N > 1 runs data-parallel on Ray Train (imported only here).
+    N = 1 on CPU runs in this process; N > 1, or GPU workers (`ray_session(use_gpu=True)`),
+    run data-parallel on Ray Train (imported only here).
     """
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    if num_workers == 1:
+    if num_workers == 1 and not _USE_GPU.get():
         return [LOOPS[stage](head, *data, cfg) for stage, cfg in stages]
     return _run_on_ray(head, stages, data, num_workers)
+
+
+class _DeviceHead(ConfidenceHead):
+    """The head on a GPU worker: its inputs go to its device, its outputs come back to the
+    CPU, so the training loops (and their numpy validation metrics) see CPU tensors whatever
+    device the weights are on."""
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, concentration = super().forward(hidden.to(self.shift.device))
+        return mean.cpu(), concentration.cpu()
 
 
 def _ray_worker(config: dict) -> None:
@@ -138,9 +156,9 @@ def _ray_worker(config: dict) -> None:
     torch.set_num_threads(1)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    head = ConfidenceHead(config["head_config"])
+    head = _DeviceHead(config["head_config"])
     head.load_state_dict(config["state"])
-    model = ray.train.torch.prepare_model(head)  # DistributedDataParallel over gloo on CPU
+    model = ray.train.torch.prepare_model(head)  # DDP: gloo on CPU, on its GPU with use_gpu
     histories = [
         LOOPS[stage](head, *config["data"], cfg, model=model, rank=rank, world=world)
         for stage, cfg in config["stages"]
@@ -153,30 +171,84 @@ def _ray_worker(config: dict) -> None:
         ray.train.report({"stages": len(histories)}, checkpoint=checkpoint)
 
 
+class NoGPU(RuntimeError):
+    """GPU workers were asked for where neither torch nor the Ray cluster sees a GPU."""
+
+
+# Whether this `ray_session`'s trainings use GPU workers: set by the session, so callers that
+# pass only `num_workers` down (the confidence methods) train where the session says.
+_USE_GPU: contextvars.ContextVar[bool] = contextvars.ContextVar("head_use_gpu", default=False)
+
+
+def _no_gpu(where: str) -> NoGPU:
+    return NoGPU(
+        f"--gpu: no GPU is visible to {where}, so Ray Train cannot place GPU workers; "
+        "drop --gpu to train on CPU workers, or run where a GPU (or a Ray cluster with GPUs) is"
+    )
+
+
+def check_gpu(use_gpu: bool) -> None:
+    """NoGPU when GPU workers are asked for, torch sees no GPU and no Ray cluster is running
+    (RAY_ADDRESS, or an initialised Ray) whose GPUs could serve: checked before Ray starts, and
+    by callers before work that would be wasted (labelling)."""
+    if not use_gpu or torch.cuda.is_available() or os.environ.get("RAY_ADDRESS"):
+        return
+    import ray
+
+    if not ray.is_initialized():
+        raise _no_gpu("torch (torch.cuda.is_available() is False) and no Ray cluster is running")
+
+
 @contextlib.contextmanager
-def ray_session(num_workers: int):
-    """A local Ray (2 CPUs, no dashboard) for the block when N > 1 and none is running, so
-    several trainings share one start-up; a no-op for N = 1."""
-    if num_workers <= 1:
+def ray_session(num_workers: int, use_gpu: bool = False):
+    """Ray for the block when N > 1 or `use_gpu`: the cluster already running (RAY_ADDRESS, or
+    an initialised Ray) used unchanged, else a local one (2 CPUs, no dashboard) started and
+    shut down here, so several trainings share one start-up; a no-op for N = 1 on CPU.
+    `use_gpu` with no GPU in sight raises NoGPU, before Ray starts when none is running."""
+    if num_workers <= 1 and not use_gpu:
         yield
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
+    check_gpu(use_gpu)
+    joined = ray.is_initialized() or bool(os.environ.get("RAY_ADDRESS"))
     started = not ray.is_initialized()
-    if started:
+    if started and joined:
+        ray.init(log_to_driver=False)  # connects to RAY_ADDRESS; the cluster stays as it is
+    elif started:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    token = _USE_GPU.set(use_gpu)
     try:
+        if use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
+            raise _no_gpu("the Ray cluster (it has no GPU resource)")
         yield
     finally:
+        _USE_GPU.reset(token)
         if started:
-            ray.shutdown()
+            ray.shutdown()  # from a joined cluster this only disconnects
+
+
+def _scaling(num_workers: int, use_gpu: bool):
+    """Ray Train's ScalingConfig: N workers, one GPU each with `use_gpu`, else a CPU share
+    that fits N workers on the 2 CPUs of the local Ray."""
+    from ray.train import ScalingConfig
+
+    if use_gpu:
+        return ScalingConfig(num_workers=num_workers, use_gpu=True)
+    return ScalingConfig(
+        num_workers=num_workers,
+        use_gpu=False,
+        resources_per_worker={"CPU": min(1.0, 2.0 / num_workers)},
+    )
 
 
 def _run_on_ray(head: ConfidenceHead, stages: list, data: tuple, num_workers: int) -> list:
-    """TorchTrainer with N CPU workers, inside `ray_session` (which starts Ray if needed)."""
-    with ray_session(num_workers), tempfile.TemporaryDirectory() as storage:
-        from ray.train import RunConfig, ScalingConfig
+    """TorchTrainer with N workers (GPU ones inside `ray_session(use_gpu=True)`), inside
+    `ray_session` (which starts Ray if needed)."""
+    use_gpu = _USE_GPU.get()
+    with ray_session(num_workers, use_gpu), tempfile.TemporaryDirectory() as storage:
+        from ray.train import RunConfig
         from ray.train.torch import TorchTrainer
 
         trainer = TorchTrainer(
@@ -187,11 +259,7 @@ def _run_on_ray(head: ConfidenceHead, stages: list, data: tuple, num_workers: in
                 "state": head.state_dict(),
                 "data": data,
             },
-            scaling_config=ScalingConfig(
-                num_workers=num_workers,
-                use_gpu=False,
-                resources_per_worker={"CPU": min(1.0, 2.0 / num_workers)},
-            ),
+            scaling_config=_scaling(num_workers, use_gpu),
             run_config=RunConfig(storage_path=storage, name="confidence-head"),
         )
         result = trainer.fit()
