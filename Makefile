@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 STAMP := $(VENV)/.installed
 
-.PHONY: install zoo serve test lint bench clean-zoo
+.PHONY: install zoo serve test lint bench gpu-check clean-zoo
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -55,6 +55,11 @@ test: lint zoo
 BENCH_ARGS ?=
 bench: zoo
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# The checks only a GPU machine runs (a Gemma-2B-sized router's latency, vLLM on cuda, the
+# GPU-only tests), under 10 minutes; without a GPU the CPU-sized router check alone, exit 0.
+gpu-check: zoo
+	PYTHON=$(PY) bash scripts/gpu_check.sh
 
 # Deletes the whole zoo (a full rebuild takes minutes); to retrain one model, change its spec.
 clean-zoo:

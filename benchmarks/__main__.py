@@ -1,8 +1,10 @@
 """All benchmarks, printed as tables: `make bench` (python -m benchmarks [--quick]
 [--soak-minutes M]). The soak runs 5 minutes here (2 with --quick); `--soak-minutes 30` is
 issue 12's full soak (a replica killed every 5 minutes). One benchmark alone, with its own
-options: `python -m benchmarks soak|fuzz|overhead|throughput ...` (see bench_soak.py,
-bench_fuzz.py, bench_overhead.py, bench_throughput.py)."""
+options: `python -m benchmarks soak|fuzz|overhead|throughput|cluster|head-value|gpu-router|gpu-vllm`
+(see bench_soak.py, bench_fuzz.py, bench_overhead.py, bench_throughput.py, bench_cluster.py,
+bench_head_value.py, bench_gpu_router.py, bench_gpu_vllm.py; the last two are GPU checks, run by
+scripts/gpu_check.sh)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,11 @@ SUBCOMMANDS = {
     "fuzz": "benchmarks.bench_fuzz",
     "overhead": "benchmarks.bench_overhead",
     "throughput": "benchmarks.bench_throughput",
+    "cluster": "benchmarks.bench_cluster",
+    "head-value": "benchmarks.bench_head_value",
+    # not in `make bench`: sized for a GPU (scripts/gpu_check.sh); `--size tiny` runs on a CPU
+    "gpu-router": "benchmarks.bench_gpu_router",
+    "gpu-vllm": "benchmarks.bench_gpu_vllm",
 }
 
 
@@ -50,6 +57,10 @@ def main() -> None:
     print("\n== the graph against a bare Ray Serve app, same engine, interleaved ==", flush=True)
     importlib.import_module("benchmarks.bench_overhead").main(["--quick"] if quick else [])
     importlib.import_module("benchmarks.bench_throughput").main(["--quick"] if quick else [])
+    print("\n== past one machine: a two-node cluster, serve deploy ==", flush=True)
+    importlib.import_module("benchmarks.bench_cluster").main(["--rounds", "1" if quick else "2"])
+    print("\n== the confidence head's value: head vs the router's verdict alone ==", flush=True)
+    importlib.import_module("benchmarks.bench_head_value").main(["--seeds", "0"] if quick else [])
     print("\n== serving vs offline evaluation ==", flush=True)
     bench_agreement.main(["--n", "100"] if quick else [])
     print("\n== drift monitor on replayed traffic ==", flush=True)

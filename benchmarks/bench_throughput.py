@@ -21,14 +21,19 @@ from benchmarks.side_by_side import Arms, arms_parser, chat, report, spread
 from benchmarks.tables import table
 from models.tasks import sample
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "main", "rps_at"]
 
 SENT = {"bare": "bare", "graph": "cascade", "forced": "cheap"}
 CLIENTS = (1, 16)
 
 
 async def _rps(arms: Arms, arm: str, prompts: list[str], clients: int, seconds: float) -> float:
-    """Answered requests per second over `seconds` (every status but 200 is an error)."""
+    return await rps_at(arms.url(arm), SENT[arm], prompts, clients, seconds)
+
+
+async def rps_at(url: str, model: str, prompts: list[str], clients: int, seconds: float) -> float:
+    """Answered requests per second at `url` over `seconds` from `clients` closed-loop clients
+    (every status but 200 is an error); shared with `benchmarks cluster`."""
     done = 0
     stop = time.perf_counter() + seconds
 
@@ -36,7 +41,7 @@ async def _rps(arms: Arms, arm: str, prompts: list[str], clients: int, seconds: 
         nonlocal done
         i = k
         while time.perf_counter() < stop:
-            r = await c.post(arms.url(arm), json=chat(SENT[arm], prompts[i % len(prompts)]))
+            r = await c.post(url, json=chat(model, prompts[i % len(prompts)]))
             r.raise_for_status()
             done += 1
             i += clients
