@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calibration.artifact import CascadeArtifact
+from calibration.artifact import CascadeArtifact, CascadeCalibration
 from calibration.cascade import CascadeOutcome, CascadeRun, run_cascade
 from calibration.conformal import empirical
 from calibration.feedback import TierSignal
@@ -28,6 +28,7 @@ __all__ = [
     "begin_run",
     "realised_guarantees",
     "replay_served",
+    "task_types",
 ]
 
 # A tier above the one being calibrated accepts: only who reaches that tier matters then.
@@ -106,26 +107,50 @@ def realised_guarantees(
 ) -> dict[str, dict]:
     """Per calibrated tier: its mode, alpha (the target) and the guaranteed quantity measured
     on the requests of `data` that reached it (the population it was calibrated on), with
-    the loss counted against the top tier's answer."""
+    the loss counted against the top tier's answer; and the same quantity per task type
+    (`per_task_type`: type -> n, realised; None where no request of the type reached the
+    tier), from this same replay. The guarantee is marginal over the traffic, so one type
+    may exceed the target while the whole stays within it: the split shows which types
+    carry the loss."""
     names, top = policy.tier_names, policy.tier_names[-1]
+    types = task_types(data)
     out = {}
     for name in names[:-1]:
         cal = artifact.tiers.get(name)
         here = run.reached[name]
         if cal is None or cal.mode == "heuristic" or not here.any():
             continue
-        scores = cal.build_scorer().score_many(data.features[name][here], data.feature_names)
-        wrong = ~data.correct[name][here]
-        realised = empirical(cal.mode, scores, cal.threshold, wrong, data.correct[top][here])
+        scores = cal.build_scorer().score_many(data.features[name], data.feature_names)
+        labels = (~data.correct[name], data.correct[top])
+        per_type = {}
+        for kind in sorted(set(types.tolist())):  # a type that never reaches the tier: n 0
+            mask = here & (types == kind)
+            realised = _measured(cal, scores, labels, mask) if mask.any() else None
+            per_type[kind] = {"n": int(mask.sum()), "realised": realised}
         out[name] = {
             "mode": cal.mode,
             "alpha": cal.alpha,
             "target": _target(cal.mode, cal.alpha),
-            "realised": realised,
+            "realised": _measured(cal, scores, labels, here),
             "n": int(here.sum()),
             "threshold": cal.threshold,
+            "per_task_type": per_type,
         }
     return out
+
+
+def _measured(
+    cal: CascadeCalibration, scores: np.ndarray, labels: tuple, mask: np.ndarray
+) -> float:
+    """`cal`'s guaranteed quantity on the requests in `mask` (labels: wrong, strong right)."""
+    wrong, strong_right = labels
+    return empirical(cal.mode, scores[mask], cal.threshold, wrong[mask], strong_right[mask])
+
+
+def task_types(data: EvalSplit) -> np.ndarray:
+    """Each request's task type: the zoo's task family (add, sub, max, rev), or the user's
+    `task_type` on traces (`offline.trace_split` stores it as the family)."""
+    return np.array([t.family for t in data.tasks], dtype=object)
 
 
 def _target(mode: str, alpha: float | None) -> str:

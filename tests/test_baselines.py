@@ -129,6 +129,33 @@ def test_head_beats_the_overconfident_router(splits):
     assert ece(sft.confidence(test), y) < ece(MaxProbability().confidence(test), y)
 
 
+def test_paired_interval_against_max_probability(splits):
+    """Temperature scaling repairs the 2x overconfident router: paired on the same resampled
+    queries, its ECE and Brier are lower than max probability's (interval below 0); it is a
+    monotone rescaling, so AUROC is level (the difference is 0 on every resample)."""
+    from offline.head.metrics import brier, paired_bootstrap_interval, paired_versus
+
+    train, val, test = splits
+    y = test.correct.numpy()
+    conf = {
+        "max_probability": MaxProbability().confidence(test),
+        "temperature_scaling": TemperatureScaling().fit(train, val).confidence(test),
+    }
+    groups = [r.query for r in test.records]
+    out = paired_versus(conf, "max_probability", y, groups)
+    assert set(out) == {"temperature_scaling"}
+    row = out["temperature_scaling"]
+    assert row["ece"][1] < 0 and row["ece_verdict"] == "better"
+    assert row["brier"][1] < 0 and row["brier_verdict"] == "better"
+    assert abs(row["auroc"][0]) < 1e-6 and row["auroc_verdict"] == "level"
+    a, b = conf["temperature_scaling"], conf["max_probability"]
+    assert row["brier_difference"] == pytest.approx(brier(a, y) - brier(b, y))
+    assert row["brier"][0] <= row["brier_difference"] <= row["brier"][1]
+    # a method against itself: every resample's difference is 0
+    assert paired_bootstrap_interval(b, b, y, brier, groups=groups) == (0.0, 0.0)
+    assert paired_versus({"x": b}, "max_probability", y) == {}
+
+
 @pytest.mark.slow
 def test_end_to_end_final_numbers_on_the_default_zoo(zoo, tmp_path):
     """The issue's bar on the built default zoo (fixture `zoo`): the best method's ECE-15 and
@@ -144,3 +171,6 @@ def test_end_to_end_final_numbers_on_the_default_zoo(zoo, tmp_path):
     assert set(METHODS) | {"served_head"} == set(rows)  # the zoo build trained a head
     served = rows["served_head"]  # looser: one small sample, one training seed
     assert served["ece"] <= 0.05 and served["brier"] <= 0.15, served
+    paired = result["paired_vs_max_prob"]["served_head"]  # head minus max probability
+    assert {"ece", "brier", "auroc", "auroc_verdict"} <= set(paired)
+    assert paired["brier"][0] <= paired["brier_difference"] <= paired["brier"][1]

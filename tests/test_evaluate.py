@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
+from calibration.artifact import ModelIdentity
 from calibration.conformal import calibrate
 from calibration.policy import CascadePolicyConfig, TierConfig
 from offline.curves import apgr, close_curve, cpt, optimal_curve, pgr
@@ -19,9 +22,12 @@ from offline.evaluate import (
     router_conformal_thresholds,
     router_start,
 )
+from offline.head_value import HeadValueSettings, head_value, verdict_alone
+from offline.ladder_calibration import calibrate_ladder
 from offline.replay import (
     RouterRows,
 )
+from offline.served import replay_served, task_types
 from offline.summary import summary
 from offline.synthetic import synthetic_split
 
@@ -312,3 +318,83 @@ def test_evaluation_costs_are_normalised_to_always_strong(splits):
     esc = by["conformal:budget@0.2"]
     assert esc["cost"] == pytest.approx(esc["cost_raw"] / 0.75)
     assert out["summary"]["always_strong_cost_raw"] == pytest.approx(0.75)
+
+
+# --- the served policy: guarantee per task type, and the head's value ---------------------------
+
+
+def _typed(split, kinds=("add", "sub", "max", "rev")):
+    """`split` with its requests spread over task types (the synthetic split has one)."""
+    out = copy.copy(split)
+    out.tasks = [
+        dataclasses.replace(t, family=kinds[i % len(kinds)]) for i, t in enumerate(split.tasks)
+    ]
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(splits):
+    """A 2-tier served policy (router threshold 0.7) and its artifact, calibrated like the
+    zoo's (risk, on the calibration requests the served router leaves at the cheap tier)."""
+    policy = POLICY.model_copy(update={"router_threshold": 0.7})
+    artifact = calibrate_ladder(
+        policy,
+        splits["fit"],
+        splits["cal"],
+        mode="risk",
+        alpha=0.1,
+        models={"cheap": ModelIdentity(name="cheap")},
+    )
+    return policy, artifact
+
+
+def test_served_guarantee_per_task_type_is_the_tier_guarantee_split_by_type(splits, served):
+    policy, artifact = served
+    test = _typed(splits["test"])
+    settings = EvalSettings(alphas=(0.2,), sweep_points=3, router_thresholds=(0.7,))
+    s = evaluate(policy, test, splits["cal"], splits["fit"], settings, served)["summary"]
+    tier = s["served"]["params"]["guarantee"]["cheap"]
+    by_type = s["served"]["per_task_type"]
+    assert set(by_type) == {"add", "sub", "max", "rev"}
+    # the types partition the tier's population: counts and the mean loss add up
+    assert sum(g["cheap"]["n"] for g in by_type.values()) == tier["n"]
+    pooled = sum(g["cheap"]["n"] * g["cheap"]["realised"] for g in by_type.values()) / tier["n"]
+    assert pooled == pytest.approx(tier["realised"])
+    assert all(g["cheap"]["target"] == tier["target"] == "<= 0.1" for g in by_type.values())
+    # and each type's figure is the risk measured directly on its requests
+    run = replay_served(policy, artifact, test)
+    cal = artifact.tiers["cheap"]
+    scores = cal.build_scorer().score_many(test.features["cheap"], test.feature_names)
+    mask = run.reached["cheap"] & (task_types(test) == "sub")
+    bad = (scores <= cal.threshold) & ~test.correct["cheap"] & test.correct["strong"]
+    assert by_type["sub"]["cheap"]["realised"] == pytest.approx(bad[mask].mean())
+    t = s["served_vs_targets"]
+    assert t["cost_vs_oracle"] == pytest.approx(s["served"]["cost"] / s["oracle"]["cost"])
+    assert t["apgr_vs_oracle"] == pytest.approx(
+        s["families"]["served"]["apgr"] / s["oracle"]["apgr"]
+    )
+    assert isinstance(t["accuracy_and_cost_met"], bool) and isinstance(t["apgr_met"], bool)
+
+
+def test_head_value_matches_accuracy_on_calibration_and_compares_on_test(splits, served):
+    policy, artifact = served
+    settings = HeadValueSettings(alphas=(0.02, 0.05, 0.1, 0.2))
+    r = head_value(policy, artifact, splits["fit"], splits["cal"], [splits["test"]], settings)
+    assert verdict_alone(policy).router_threshold == 0.0
+    sweep = {row["alpha"]: row for row in r["sweep"]}
+    assert set(sweep) == {0.02, 0.05, 0.1, 0.2}
+    # the choice is made on calibration: the cheapest alpha at least as accurate as served
+    ok = [row for row in r["sweep"] if row["accuracy"] >= r["served_on_calibration"]["accuracy"]]
+    assert r["matched"] == bool(ok)
+    if ok:
+        assert r["verdict_alone_on_calibration"]["cost_raw"] == min(x["cost_raw"] for x in ok)
+    # every "complex" label starts at the top without the confidence gate
+    started = np.mean([p == "complex" for p in splits["cal"].router.policy])
+    assert r["verdict_alone_on_calibration"]["started_at_top"] == pytest.approx(started)
+    row = r["tests"][0]
+    served_test = replay_served(policy, artifact, splits["test"])
+    assert row["served"]["accuracy"] == pytest.approx(served_test.accuracy)
+    assert row["served"]["cost_raw"] == pytest.approx(served_test.cost.mean())
+    expected = 1 - row["served"]["cost_raw"] / row["verdict_alone"]["cost_raw"]
+    assert row["cost_reduction"] == pytest.approx(expected)
+    assert r["mean_cost_reduction"] == pytest.approx(expected)

@@ -76,11 +76,7 @@ def _text(report: dict) -> str:
             )
     lines.append(f"criteria: {s['criteria']}")
     if s.get("served"):
-        p = s["served"]
-        lines.append(
-            f"served: acc {p['accuracy']:.3f} cost {p['cost']:.3f} escalation "
-            f"{p['escalation_rate']:.3f}; guarantee {p['params']['guarantee']}"
-        )
+        lines += _served_text(s)
     if report.get("three_tier"):
         from offline.ladder import ladder_text
 
@@ -88,6 +84,30 @@ def _text(report: dict) -> str:
     if report.get("plot"):
         lines.append(f"plot: {report['plot']}")
     return "\n".join(lines)
+
+
+def _served_text(s: dict) -> list[str]:
+    """The served point, its bar against the oracle, and its realised guarantee per tier and
+    per task type."""
+    p, t = s["served"], s.get("served_vs_targets", {})
+    lines = [
+        f"served: acc {p['accuracy']:.3f} cost {p['cost']:.3f} escalation "
+        f"{p['escalation_rate']:.3f}",
+    ]
+    if t:
+        lines.append(
+            f"served vs oracle: acc gap to strong {t['accuracy_gap_to_strong']:.3f}, cost "
+            f"{t['cost_vs_oracle']:.2f}x oracle's, APGR {t['served_apgr']:.3f} = "
+            f"{t['apgr_vs_oracle']:.2f}x oracle's; accuracy+cost met "
+            f"{t['accuracy_and_cost_met']}, APGR met {t['apgr_met']}"
+        )
+    lines.append(f"{'task type':10s} {'tier':8s} {'n':>6s} {'realised':>9s} target")
+    rows = [("all", tier, g) for tier, g in p["params"].get("guarantee", {}).items()]
+    rows += [(k, tier, g) for k, by in p.get("per_task_type", {}).items() for tier, g in by.items()]
+    for kind, tier, g in rows:
+        got = "-" if g["realised"] is None else f"{g['realised']:.4f}"
+        lines.append(f"{kind:10s} {tier:8s} {g['n']:6d} {got:>9s} {g['target']}")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "PAIRED_METRICS",
     "ReliabilityBins",
     "auroc",
     "bootstrap_interval",
@@ -29,6 +30,8 @@ __all__ = [
     "decision_accuracy",
     "ece",
     "overlay_diagram",
+    "paired_bootstrap_interval",
+    "paired_versus",
     "reliability_bins",
     "reliability_diagram",
     "summarize",
@@ -124,6 +127,35 @@ def decision_accuracy(confidence, correct, threshold: float = 0.5) -> float:
     return float(np.mean((conf >= threshold) == (y == 1)))
 
 
+def _group_resamples(keys: np.ndarray, n_boot: int, seed: int):
+    """`n_boot` bootstrap row selections drawing whole groups (`keys`: one per row) with
+    replacement, so that a query drawn many times is one observation, not many."""
+    _, gid = np.unique(keys, return_inverse=True)  # (N,) group index per row
+    order = np.argsort(gid, kind="stable")  # rows sorted by group
+    counts = np.bincount(gid)  # (G,)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])  # (G,)
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        pick = rng.integers(0, counts.size, counts.size)  # (G,) groups drawn with replacement
+        sizes = counts[pick]
+        offsets = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        yield order[np.repeat(starts[pick], sizes) + offsets]
+
+
+def _keys(groups, size: int) -> np.ndarray:
+    keys = np.arange(size) if groups is None else np.asarray(groups)
+    if keys.shape != (size,):
+        raise ValueError(f"groups {keys.shape} must match confidence {(size,)}")
+    return keys
+
+
+def _percentiles(values: list[float], level: float) -> tuple[float, float]:
+    if not values:
+        return (float("nan"), float("nan"))
+    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def bootstrap_interval(
     confidence,
     correct,
@@ -139,27 +171,83 @@ def bootstrap_interval(
     is one observation, not many, so the interval is not falsely narrow.
     """
     conf, y = _check(confidence, correct)
-    keys = np.arange(conf.size) if groups is None else np.asarray(groups)
-    if keys.shape != conf.shape:
-        raise ValueError(f"groups {keys.shape} must match confidence {conf.shape}")
-    _, gid = np.unique(keys, return_inverse=True)  # (N,) group index per row
-    order = np.argsort(gid, kind="stable")  # rows sorted by group
-    counts = np.bincount(gid)  # (G,)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])  # (G,)
-    rng = np.random.default_rng(seed)
     values = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, counts.size, counts.size)  # (G,) groups drawn with replacement
-        sizes = counts[pick]
-        offsets = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        rows = order[np.repeat(starts[pick], sizes) + offsets]
+    for rows in _group_resamples(_keys(groups, conf.size), n_boot, seed):
         v = metric(conf[rows], y[rows])
         if v is not None:
             values.append(v)
-    if not values:
-        return (float("nan"), float("nan"))
-    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    return _percentiles(values, level)
+
+
+def paired_bootstrap_interval(
+    confidence_a,
+    confidence_b,
+    correct,
+    metric: Callable[[np.ndarray, np.ndarray], float | None],
+    groups=None,
+    n_boot: int = 200,
+    level: float = 0.9,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile interval of metric(a) - metric(b), both methods scored on the same
+    resampled queries each time (grouped as `bootstrap_interval` groups them).
+
+    Two separate intervals overlap even when one method is better on nearly every resample;
+    pairing cancels the sample's shared difficulty, so this interval says whether the
+    difference itself is distinguishable from 0.
+    """
+    a, y = _check(confidence_a, correct)
+    b, _ = _check(confidence_b, correct)
+    values = []
+    for rows in _group_resamples(_keys(groups, a.size), n_boot, seed):
+        va, vb = metric(a[rows], y[rows]), metric(b[rows], y[rows])
+        if va is not None and vb is not None:
+            values.append(va - vb)
+    return _percentiles(values, level)
+
+
+# The metrics a paired comparison reports, and which direction is better for each.
+PAIRED_METRICS: dict[str, tuple[Callable, str]] = {
+    "ece": (ece, "lower"),
+    "brier": (brier, "lower"),
+    "auroc": (auroc, "higher"),
+}
+_NOISE = 1e-6
+
+
+def paired_versus(
+    conf: Mapping[str, np.ndarray], baseline: str, correct, groups=None, level: float = 0.9
+) -> dict:
+    """Each method of `conf` minus `baseline`: the paired bootstrap interval of the
+    difference in ECE-15, Brier and AUROC (`paired_bootstrap_interval`, grouped by
+    `groups`), the point difference, and a verdict per metric (better / level / worse: the
+    interval lies on the good side of 0, holds it, or lies on the bad side). Empty when
+    `baseline` is not among the methods."""
+    if baseline not in conf:
+        return {}
+    out = {}
+    for name, c in conf.items():
+        if name == baseline:
+            continue
+        row: dict = {}
+        for key, (metric, good) in PAIRED_METRICS.items():
+            lo, hi = paired_bootstrap_interval(
+                c, conf[baseline], correct, metric, groups=groups, level=level
+            )
+            a, b = metric(c, correct), metric(conf[baseline], correct)
+            row[key] = [lo, hi]
+            row[f"{key}_difference"] = None if a is None or b is None else a - b
+            row[f"{key}_verdict"] = _verdict(lo, hi, good)
+        out[name] = row
+    return out
+
+
+def _verdict(lo: float, hi: float, good: str) -> str:
+    """`level` when the interval holds 0 (within float noise: a monotone rescaling moves
+    AUROC by ~1e-7 through ties) or is undefined, else whether it lies on the good side."""
+    if not (lo > _NOISE or hi < -_NOISE):
+        return "level"
+    return "better" if (hi < 0 if good == "lower" else lo > 0) else "worse"
 
 
 def summarize(confidence, correct) -> dict:

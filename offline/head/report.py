@@ -24,16 +24,25 @@ from offline.head.baselines import METHODS, LoadedHead, fit_methods
 from offline.head.fitting import fit_rl, fit_sft
 from offline.head.labels import LabelModels, LabelSet, label_split
 from offline.head.metrics import (
+    PAIRED_METRICS,
     bootstrap_interval,
     brier,
     ece,
     overlay_diagram,
+    paired_versus,
     reliability_diagram,
     summarize,
 )
 from offline.head.training import RLConfig, SFTConfig
 
-__all__ = ["DESIGN_ECE", "HeadData", "ablate", "ablation_markdown", "report", "report_markdown"]
+__all__ = [
+    "DESIGN_ECE",
+    "HeadData",
+    "ablate",
+    "ablation_markdown",
+    "report",
+    "report_markdown",
+]
 
 # ECE in the design's table, for comparison (it gives no figure for max probability; its one
 # "SFT + RL" figure is shown beside each reward's row).
@@ -44,6 +53,7 @@ DESIGN_ECE = {
     **{f"sft_rl_{r}": 0.04 for r in ("linear", "brier", "log")},
 }
 TARGET_ECE, TARGET_BRIER = 0.03, 0.15
+BASELINE = "max_probability"  # the router's own confidence: what a head has to beat
 
 
 def log(msg: str) -> None:
@@ -99,9 +109,8 @@ def report(
     served = LabelModels.of(zoo_root).router
     if methods is None and ConfidenceHead.exists(served):
         fitted["served_head"] = LoadedHead(served)  # what the router deployment serves
-    y = test.correct.numpy()
-    conf = {name: m.confidence(test) for name, m in fitted.items()}
-    rows = _score_methods(conf, y, groups=[r.query for r in test.records])
+    y, conf = test.correct.numpy(), {name: m.confidence(test) for name, m in fitted.items()}
+    rows, paired = _score_methods(conf, y, groups=[r.query for r in test.records])
     best = min(rows, key=lambda k: (rows[k]["ece"], rows[k]["brier"]))  # lowest ECE-15
     met_by = [k for k, m in rows.items() if m["ece"] <= TARGET_ECE and m["brier"] <= TARGET_BRIER]
     folder = out / "report" / f"{split}-seed{seed}-n{n}"
@@ -122,6 +131,7 @@ def report(
             "met_by": met_by,
             "met": bool(met_by),
         },
+        "paired_vs_max_prob": paired,
         "diagrams": _diagrams(conf, y, folder, title=f"{split} seed {seed}"),
     }
     table = folder / "table.md"
@@ -140,15 +150,18 @@ def _test_labels(
     )
 
 
-def _score_methods(conf: dict[str, np.ndarray], y: np.ndarray, groups: list[str]) -> dict:
-    """Each method's metrics, plus 90% bootstrap intervals of ECE and Brier; `groups` (the
-    queries) make repeated queries resample together."""
+def _score_methods(
+    conf: dict[str, np.ndarray], y: np.ndarray, groups: list[str]
+) -> tuple[dict, dict]:
+    """Each method's metrics, plus 90% bootstrap intervals of ECE and Brier; and each
+    method's paired difference to max probability (`paired_versus`). `groups` (the queries)
+    make repeated queries resample together, in both."""
     rows = {}
     for name, c in conf.items():
         rows[name] = summarize(c, y)
         rows[name]["ece_ci90"] = bootstrap_interval(c, y, ece, groups=groups)
         rows[name]["brier_ci90"] = bootstrap_interval(c, y, brier, groups=groups)
-    return rows
+    return rows, paired_versus(conf, BASELINE, y, groups)
 
 
 def _diagrams(conf: dict[str, np.ndarray], y: np.ndarray, folder: Path, title: str) -> dict:
@@ -201,7 +214,29 @@ def report_markdown(result: dict) -> str:
         "acc@0.5: how often "
         "`confidence >= 0.5` agrees with whether the router was right.",
     ]
+    lines += _paired_markdown(result.get("paired_vs_max_prob", {}))
     return "\n".join(lines) + "\n"
+
+
+def _paired_markdown(paired: dict) -> list[str]:
+    """The paired-difference table: each method minus max probability, with verdicts."""
+    if not paired:
+        return []
+    lines = [
+        "",
+        f"Method minus `{BASELINE}`, 90% paired bootstrap interval of the difference (same "
+        "resampled queries for both; ECE and Brier: lower is better, AUROC: higher is better):",
+        "",
+        "| method | ΔECE-15 [90% CI] | ΔBrier [90% CI] | ΔAUROC [90% CI] |",
+        "|---|---|---|---|",
+    ]
+    for name, row in paired.items():
+        cells = [
+            f"{_fmt(row[f'{k}_difference'])} {_ci(row[k])} {row[f'{k}_verdict']}"
+            for k in PAIRED_METRICS
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 # --- ablation ----------------------------------------------------------------------------------
