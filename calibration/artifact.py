@@ -104,6 +104,17 @@ class CascadeCalibration(BaseModel):
         "conformal (calibration.adaptive) can recompute it at another level; None in older "
         "artifacts: the tier then cannot adapt.",
     )
+    group_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Task type -> its own (Mondrian) threshold, calibrated on that type's "
+        "queries alone so each type gets the guarantee; a type not here uses `threshold`. "
+        "Empty (the default, and older artifacts): one pooled threshold for all.",
+    )
+    group_n: dict[str, int] = Field(
+        default_factory=dict,
+        description="Task type -> its calibration answers at this tier, for every type seen; "
+        "a type here but not in `group_thresholds` had too few and uses the pooled threshold.",
+    )
 
     _scorer: Scorer | None = PrivateAttr(default=None)
 
@@ -119,6 +130,14 @@ class CascadeCalibration(BaseModel):
     def _threshold(cls, value: float) -> float:
         if math.isnan(value):
             raise ValueError(f"threshold must be a number or +-inf, got {value}")
+        return value
+
+    @field_validator("group_thresholds")
+    @classmethod
+    def _groups(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if math.isnan(v)}
+        if bad:
+            raise ValueError(f"group thresholds must be numbers or +-inf, got {bad}")
         return value
 
     @model_validator(mode="after")
@@ -178,10 +197,22 @@ class CascadeCalibration(BaseModel):
             self._scorer = self.scorer.build()
         return self._scorer
 
-    def signal(self, generation=None, *, features=None, threshold=None) -> TierSignal:
+    def threshold_for(self, task_type: str | None = None) -> tuple[float, str | None]:
+        """The threshold a request of `task_type` is decided at, and whose it is: the type's
+        own (Mondrian) one, or `(threshold, None)`, the pooled one, for an unknown type, no
+        type, or an artifact without group thresholds. Serving and the offline replay both
+        come here (through `signal`), so they apply one group rule."""
+        if task_type is not None and task_type in self.group_thresholds:
+            return self.group_thresholds[task_type], task_type
+        return self.threshold, None
+
+    def signal(
+        self, generation=None, *, features=None, threshold=None, task_type=None
+    ) -> TierSignal:
         """`calibration.feedback.signal` with this artifact's scorer, threshold and config;
-        `threshold` replaces the artifact's (adaptive conformal's, `calibration.adaptive`)."""
-        threshold = self.threshold if threshold is None else threshold
+        `threshold` replaces the artifact's (adaptive conformal's, `calibration.adaptive`),
+        else `task_type` picks it (`threshold_for`)."""
+        threshold = self.threshold_for(task_type)[0] if threshold is None else threshold
         return _signal(generation, self.build_scorer(), threshold, self.feedback, features=features)
 
     def save(self, path: str | Path) -> Path:
@@ -249,9 +280,24 @@ class CascadeArtifact(BaseModel):
                 f"{sorted(self.tiers)}"
             ) from None
 
-    def signal(self, tier: str, generation=None, *, features=None, threshold=None) -> TierSignal:
-        """`tier`'s calibrated verdict on one of its answers (at `threshold` if given)."""
-        return self.for_tier(tier).signal(generation, features=features, threshold=threshold)
+    def signal(
+        self, tier: str, generation=None, *, features=None, threshold=None, task_type=None
+    ) -> TierSignal:
+        """`tier`'s calibrated verdict on one of its answers (at `threshold` if given, else at
+        `task_type`'s threshold: `CascadeCalibration.threshold_for`)."""
+        return self.for_tier(tier).signal(
+            generation, features=features, threshold=threshold, task_type=task_type
+        )
+
+    def threshold_group(self, tier: str, task_type: str | None) -> str | None:
+        """Whose threshold `tier` decides `task_type` at: the type's own, or None (pooled)."""
+        cal = self.tiers.get(tier)
+        return cal.threshold_for(task_type)[1] if cal is not None else None
+
+    @property
+    def grouped(self) -> bool:
+        """Whether any tier has per-task-type (Mondrian) thresholds."""
+        return any(cal.group_thresholds for cal in self.tiers.values())
 
     def check_covers(self, tiers: list[str]) -> None:
         """Serving refuses to start unless every tier below the top has a threshold."""
@@ -264,11 +310,12 @@ class CascadeArtifact(BaseModel):
             )
 
     def with_thresholds(self, overrides: dict[str, float]) -> CascadeArtifact:
-        """A copy with some tiers' thresholds replaced (user_config's overrides)."""
+        """A copy with some tiers' thresholds replaced (user_config's overrides); an overridden
+        tier's group thresholds are dropped, so the override holds for every task type."""
         for tier in overrides:
             self.for_tier(tier)
         tiers = {
-            name: cal.model_copy(update={"threshold": overrides[name]})
+            name: cal.model_copy(update={"threshold": overrides[name], "group_thresholds": {}})
             if name in overrides
             else cal
             for name, cal in self.tiers.items()

@@ -250,6 +250,11 @@ class Routing(BaseModel):
     threshold_adapted: bool = Field(
         default=False, description="`threshold` came from adaptive conformal (see attempts)."
     )
+    threshold_group: str | None = Field(
+        default=None,
+        description="The task type whose own (Mondrian) threshold `threshold` is; None: the "
+        "pooled one (or adaptive conformal's, or none was used).",
+    )
     calibration_mismatch: bool = Field(
         default=False,
         description="The calibration (or the router's confidence head: router.head_mismatch) "

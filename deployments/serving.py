@@ -227,7 +227,7 @@ class CascadeServer:
             self.metrics.tier_latency.observe(latencies[-1], tags={"tier": name})
             self.metrics.tier_calls.inc(tags={"tier": name, "outcome": "ok"})
             # the signal below the top: for the decision, and for a forced tier's record
-            sig = self._signal(name, out, adapted) if tier < self.policy.top else None
+            sig = self._signal(name, out, adapted, task_type) if tier < self.policy.top else None
             d = run.observe(sig, out.completion_tokens)
             if run.calls[-1].cost > 0:  # Ray's Counter refuses inc(0): a free tier would 500
                 self.metrics.cost.inc(run.calls[-1].cost, tags={"tier": name})
@@ -237,14 +237,17 @@ class CascadeServer:
         self.stats.record_outcome(outcome)
         self._watch_drift(outcome, router)
         routing = self._routing(outcome, answers, latencies, router, task_type)
-        _mark_adapted(routing, outcome, self.policy.tier_names, adapted)
+        decided = _mark_adapted(routing, outcome, self.policy.tier_names, adapted)
+        if decided is not None and not routing.threshold_adapted:  # the type's own, or pooled
+            routing.threshold_group = self.calibration.threshold_group(decided, task_type)
         return CascadeResult(answers[outcome.final_tier], routing.final_tier, routing, outcome)
 
-    def _signal(self, name: str, out: Generation, adapted: set[str]):
-        """The tier's signal at the threshold served now: the artifact's (or user_config's),
-        moved by adaptive conformal once labels have moved it (then `name` joins `adapted`)."""
-        if self.adaptive.adapted(name):
-            adapted.add(name)
+    def _signal(self, name: str, out: Generation, adapted: set[str], task_type: str | None):
+        """The tier's signal at the threshold served now: the artifact's (the task type's own if
+        it has one) or user_config's, or adaptive conformal's once labels moved it (`adapted`)."""
+        if not self.adaptive.adapted(name):
+            return self.calibration.signal(name, out, task_type=task_type)
+        adapted.add(name)
         return self.calibration.signal(name, out, threshold=self.adaptive.threshold(name))
 
     def _watch_drift(self, outcome: CascadeOutcome, router: RouterView) -> None:
@@ -371,12 +374,13 @@ class CascadeServer:
 
 def _mark_adapted(
     routing: Routing, outcome: CascadeOutcome, names: list[str], adapted: set[str]
-) -> None:
-    """Flag the record's thresholds that adaptive conformal had moved."""
+) -> str | None:
+    """Flag the thresholds adaptive conformal had moved; return the tier that decided last."""
     for a in routing.attempts:
         a.adapted = a.threshold is not None and a.tier in adapted
     decided = [names[c.tier] for c in outcome.calls if c.signal is not None]
     routing.threshold_adapted = bool(decided) and decided[-1] in adapted
+    return decided[-1] if decided else None
 
 
 def retryable(e: BaseException) -> bool:

@@ -16,13 +16,18 @@ from __future__ import annotations
 
 from calibration.adaptive import CalibrationSample
 from calibration.artifact import CascadeArtifact, CascadeCalibration, ModelIdentity
-from calibration.conformal import calibrate
-from calibration.drift_reference import references_from_outcomes
+from calibration.conformal import CalibrationError, calibrate
+from calibration.drift_reference import (
+    DriftReference,
+    Proportion,
+    calibrated_answers,
+    references_from_outcomes,
+)
 from calibration.identity import TierIdentity
 from calibration.policy import CascadePolicyConfig
 from offline.evaluate import fit_quality_estimator
 from offline.replay import EvalSplit
-from offline.served import replay_served
+from offline.served import replay_served, task_types
 
 __all__ = ["calibrate_ladder", "record_drift"]
 
@@ -37,9 +42,15 @@ def calibrate_ladder(
     models: dict[str, ModelIdentity],
     identities: dict[str, TierIdentity] | None = None,
     where: str = "",
+    mondrian: bool = False,
 ) -> CascadeArtifact:
-    """The artifact for every tier below the top; `where` names the data (for the record)."""
+    """The artifact for every tier below the top; `where` names the data (for the record).
+
+    `mondrian`: each tier also gets one threshold per task type (`offline.served.task_types`),
+    same mode and alpha, on that type's calibration queries among those reaching the tier,
+    so each type gets the guarantee rather than only their mix (`_group_thresholds`)."""
     names, top = policy.tier_names, policy.tier_names[-1]
+    types = task_types(cal) if mondrian else None
     done: dict[str, CascadeCalibration] = {}
     for t, name in enumerate(names[:-1]):
         so_far = CascadeArtifact(tiers=done) if done else None
@@ -61,13 +72,44 @@ def calibrate_ladder(
         )
         if identities and name in identities:
             calibration = calibration.model_copy(update={"identity": identities[name]})
+        if types is not None:
+            groups = _group_thresholds(mode, alpha, scores, wrong, strong_right, types[here])
+            groups["note"] = "; ".join(n for n in (calibration.note, groups["note"]) if n)
+            calibration = calibration.model_copy(update=groups)
         done[name] = calibration
     artifact = CascadeArtifact(
         tiers=done,
         population=f"calibration queries the served router (+ confidence head, threshold "
-        f"{policy.router_threshold:g}) and policy send to each tier; ladder {names}",
+        f"{policy.router_threshold:g}) and policy send to each tier; ladder {names}"
+        + ("; per task type (Mondrian) where a type has enough" if mondrian else ""),
     )
     return record_drift(policy, artifact, cal, f"{where} n={cal.n}")
+
+
+def _group_thresholds(mode: str, alpha: float, scores, wrong, strong_right, types) -> dict:
+    """Mondrian conformal: the mode's threshold on each task type's answers alone. A type
+    too small for the mode at this alpha (below its least n, where it could only return the
+    conservative answer) keeps the pooled threshold: it is counted in `group_n` but left out
+    of `group_thresholds`, and the note names it."""
+    thresholds, sizes, pooled = {}, {}, []
+    for kind in sorted({str(k) for k in types}):
+        mask = types == kind
+        sizes[kind] = int(mask.sum())
+        try:
+            res = calibrate(
+                mode,
+                scores[mask],
+                alpha,
+                wrong=wrong[mask],
+                strong_right=strong_right[mask],
+                strict=True,
+            )
+        except CalibrationError:
+            pooled.append(kind)
+            continue
+        thresholds[kind] = res.threshold
+    note = f"mondrian: own thresholds for {sorted(thresholds)}, pooled for {pooled}"
+    return {"group_thresholds": thresholds, "group_n": sizes, "note": note}
 
 
 def record_drift(
@@ -85,4 +127,29 @@ def record_drift(
     thresholds = {n: artifact.tiers[n].threshold for n in names[:covered]}
     verdicts = data.router.policy if data.router is not None else None
     refs = references_from_outcomes(policy, run.outcomes, verdicts, thresholds, where)
+    if artifact.grouped:
+        refs = _escalations_at_pooled(policy, refs, run.outcomes, thresholds)
     return artifact.with_drift(refs)
+
+
+def _escalations_at_pooled(
+    policy: CascadePolicyConfig,
+    refs: dict[str, DriftReference],
+    outcomes: list,
+    thresholds: dict[str, float],
+) -> dict[str, DriftReference]:
+    """Mondrian: the drift monitor counts an answer decided at another threshold than the
+    reference's (its task type's) at the reference's pooled one, score > threshold; so the
+    reference counts its escalations that way too, or the two would differ by design."""
+    names = policy.tier_names
+    out = {}
+    for name, ref in refs.items():
+        t = names.index(name)
+        k = sum(
+            a.score > thresholds[name]
+            for o in outcomes
+            for a in calibrated_answers(o)
+            if a.tier == t
+        )
+        out[name] = ref.model_copy(update={"escalation": Proportion(k=k, n=ref.escalation.n)})
+    return out

@@ -80,19 +80,27 @@ def replay_served(
 
     `upto` (a tier index) calibrates one tier at a time: tiers at or above it accept, so the
     requests that reach tier `upto` are known before its own threshold is (see
-    `offline.zoo_artifacts`); `artifact` may then be None or hold the tiers below `upto`."""
+    `offline.zoo_artifacts`); `artifact` may then be None or hold the tiers below `upto`.
+
+    Each request's task type goes where serving sends the request's: to its task floor and
+    to the artifact's threshold lookup (`CascadeCalibration.threshold_for`). Without
+    `task_types`, an artifact with per-task-type (Mondrian) thresholds is replayed with the
+    data's own (`task_types(data)`), any other with none, as before."""
     names = policy.tier_names
     if names != data.tiers:
         raise ValueError(f"policy tiers {names} do not match the data's tiers {data.tiers}")
+    if task_types is None and artifact is not None and artifact.grouped:
+        task_types = _families(data).tolist()
     outcomes = []
     for i in range(data.n):
-        run = begin_run(policy, data, i, task_types[i] if task_types else None)
+        kind = task_types[i] if task_types else None
+        run = begin_run(policy, data, i, kind)
 
-        def signal_at(t: int, i: int = i):
+        def signal_at(t: int, i: int = i, kind: str | None = kind):
             if t >= policy.top or (upto is not None and t >= upto):
                 return _ACCEPT_FOR_NOW if t < policy.top else None
             assert artifact is not None, "an artifact is needed below `upto`"
-            return artifact.signal(names[t], data.answers[names[t]][i])
+            return artifact.signal(names[t], data.answers[names[t]][i], task_type=kind)
 
         outcomes.append(
             run_cascade(policy, run, signal_at, lambda t, i=i: int(data.output_tokens[names[t]][i]))
@@ -121,12 +129,16 @@ def realised_guarantees(
         if cal is None or cal.mode == "heuristic" or not here.any():
             continue
         scores = cal.build_scorer().score_many(data.features[name], data.feature_names)
-        labels = (~data.correct[name], data.correct[top])
+        # each request at the threshold the replay decided it at (its type's, if Mondrian)
+        at = np.array([cal.threshold_for(kind)[0] for kind in types])
+        labels = (~data.correct[name], data.correct[top], at)
         per_type = {}
         for kind in sorted(set(types.tolist())):  # a type that never reaches the tier: n 0
             mask = here & (types == kind)
             realised = _measured(cal, scores, labels, mask) if mask.any() else None
             per_type[kind] = {"n": int(mask.sum()), "realised": realised}
+            if cal.group_thresholds:  # which threshold the type was decided at
+                per_type[kind]["threshold"], per_type[kind]["group"] = cal.threshold_for(kind)
         out[name] = {
             "mode": cal.mode,
             "alpha": cal.alpha,
@@ -142,14 +154,20 @@ def realised_guarantees(
 def _measured(
     cal: CascadeCalibration, scores: np.ndarray, labels: tuple, mask: np.ndarray
 ) -> float:
-    """`cal`'s guaranteed quantity on the requests in `mask` (labels: wrong, strong right)."""
-    wrong, strong_right = labels
-    return empirical(cal.mode, scores[mask], cal.threshold, wrong[mask], strong_right[mask])
+    """`cal`'s guaranteed quantity on the requests in `mask` (labels: wrong, strong right,
+    and each request's threshold)."""
+    wrong, strong_right, at = labels
+    return empirical(cal.mode, scores[mask], at[mask], wrong[mask], strong_right[mask])
 
 
 def task_types(data: EvalSplit) -> np.ndarray:
     """Each request's task type: the zoo's task family (add, sub, max, rev), or the user's
     `task_type` on traces (`offline.trace_split` stores it as the family)."""
+    return _families(data)
+
+
+def _families(data: EvalSplit) -> np.ndarray:
+    # replay_served's `task_types` argument hides the public name there
     return np.array([t.family for t in data.tasks], dtype=object)
 
 

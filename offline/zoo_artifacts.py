@@ -71,10 +71,15 @@ def build_zoo_calibration(
     seed: int = 0,
     n_fit: int = 1000,
     n_cal: int = 2000,
+    *,
+    mondrian: bool = False,
+    out: Path | None = None,
 ) -> CascadeArtifact:
     """Fit each tier's quality estimator on the validation split and calibrate its threshold
     on the calibration queries that reach it under the served policy (lower tiers first, so
-    a tier's population is known before its own threshold); save `root/calibration.json`."""
+    a tier's population is known before its own threshold); save `root/calibration.json`,
+    or `out`. `mondrian`: per-task-family thresholds too (`calibrate_ladder`); the zoo's
+    own artifact is pooled, this is for measuring the per-type variant on the same data."""
     root = Path(root)
     policy = calibration_ladder(root).policy()
     names = policy.tier_names
@@ -95,8 +100,9 @@ def build_zoo_calibration(
         models=models,
         identities=zoo_identities(root, names[:-1]),
         where=f"zoo calibration split seed={seed} (fit: validation)",
+        mondrian=mondrian,
     )
-    artifact.save(root / CALIBRATION_FILE)
+    artifact.save(out if out is not None else root / CALIBRATION_FILE)
     return artifact
 
 

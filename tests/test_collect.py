@@ -122,6 +122,17 @@ def test_cli_collect_judge_calibrate(zoo, items, tmp_path, capsys):
     saved = load_artifact(art, ["cheap", "strong"]).tiers["cheap"]
     assert saved.identity.model == app.tiers[0].model and saved.identity.revision
     assert saved.threshold == result["threshold"] and saved.sample is not None
+    # --mondrian: per task type too, where a type has enough items; the report splits by type
+    grouped = tmp_path / "mondrian.json"
+    mond = ["calibrate", "--config", str(config), "--traces", str(out), "--out", str(grouped)]
+    assert main([*mond, "--mode", "budget", "--alpha", "0.3", "--mondrian", "--json"]) == 0
+    by_type = json.loads(capsys.readouterr().out)["tiers"]["cheap"]
+    mondrian = load_artifact(grouped, ["cheap", "strong"]).tiers["cheap"]
+    assert mondrian.group_thresholds and by_type["group_thresholds"] == mondrian.group_thresholds
+    assert mondrian.threshold == saved.threshold and set(mondrian.group_n) >= set(
+        mondrian.group_thresholds
+    )
+    assert sum(v["n"] for v in by_type["per_task_type"].values()) == by_type["n_holdout"]
     # evaluate the served artifact on the held-out part: the same realised guarantee
     served = app.model_copy(
         update={"calibration": app.calibration.model_copy(update={"file": str(art)})}

@@ -32,6 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--fractions", default="0.4,0.4,0.2", help="fit,calibration,held-out shares")
     c.add_argument("--out", type=Path, required=True, help="the artifact JSON to write")
     c.add_argument("--allow-mismatch", action="store_true", help="traces of other models")
+    c.add_argument(
+        "--mondrian",
+        action="store_true",
+        help="also one threshold per task type (where a type has enough items), so each type "
+        "gets the guarantee; the report then splits the held-out guarantee by type",
+    )
     c.add_argument("--json", action="store_true")
     c.set_defaults(run=_calibrate)
 
@@ -88,6 +94,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             models=models,
             identities=splits.identities,
             where=f"traces {args.traces} seed={args.seed}",
+            mondrian=args.mondrian,
         )
     except ValueError as e:
         raise SystemExit(f"cannot calibrate: {e}") from e
@@ -115,4 +122,12 @@ def _report(args: argparse.Namespace, artifact, realised: dict, splits) -> None:
         f"realised {t['realised']} on {t['n_holdout']} held-out"
         for name, t in tiers.items()
     ]
+    for name, t in tiers.items() if getattr(args, "mondrian", False) else ():
+        t["group_thresholds"] = artifact.tiers[name].group_thresholds
+        t["per_task_type"] = realised.get(name, {}).get("per_task_type", {})
+        lines += [
+            f"  {name} {kind:8s} threshold {v.get('threshold', t['threshold']):.4g}  realised "
+            f"{v['realised']} on {v['n']} held-out"
+            for kind, v in t["per_task_type"].items()
+        ]
     emit(payload, args.json, "\n".join([*lines, f"wrote {args.out}"]))
