@@ -41,6 +41,10 @@ class HeadValueSettings(BaseModel):
         default=tuple(np.round(np.linspace(0.002, 0.1, 50), 4)),
         description="alphas swept on the calibration split",
     )
+    router_thresholds: tuple[float, ...] = Field(
+        default=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
+        description="confidence gates tried for the fitted-gate variant (0 is verdict alone)",
+    )
 
 
 def verdict_alone(policy: CascadePolicyConfig) -> CascadePolicyConfig:
@@ -78,6 +82,51 @@ def _variant(
         return calibrate_ladder(policy, fit, cal, mode=mode, alpha=alpha, models=models)
 
 
+def _matched(
+    policy: CascadePolicyConfig,
+    artifact: CascadeArtifact,
+    fit: EvalSplit,
+    cal: EvalSplit,
+    settings: HeadValueSettings,
+    target: float,
+) -> tuple[float, CascadeArtifact, dict, bool, list]:
+    """`policy` recalibrated at every alpha of the sweep; the cheapest point on `cal` at least
+    as accurate as `target` (else the most accurate), whether one matched, and the sweep."""
+    sweep = []
+    for a in settings.alphas:
+        art = _variant(policy, artifact, fit, cal, settings.mode, float(a))
+        sweep.append((float(a), art, _measure(policy, art, cal)))
+    good = [s for s in sweep if s[2]["accuracy"] >= target]
+    alpha, chosen, chosen_cal = (
+        min(good, key=lambda s: (s[2]["cost_raw"], -s[0]))
+        if good
+        else max(sweep, key=lambda s: (s[2]["accuracy"], -s[2]["cost_raw"]))
+    )
+    return alpha, chosen, chosen_cal, bool(good), sweep
+
+
+def _fitted_gate(
+    policy: CascadePolicyConfig,
+    artifact: CascadeArtifact,
+    fit: EvalSplit,
+    cal: EvalSplit,
+    settings: HeadValueSettings,
+    target: float,
+) -> tuple[CascadePolicyConfig, CascadeArtifact, dict]:
+    """The head's confidence gate with its threshold and alpha both fitted on `cal`: per gate
+    the matched alpha, then the cheapest gate that matched (the confidence-aware cascade at its
+    best, chosen where verdict-alone is chosen, so the two compare fairly)."""
+    best = None
+    for gate in settings.router_thresholds:
+        gated = policy.model_copy(update={"router_threshold": float(gate)})
+        alpha, art, on_cal, ok, _ = _matched(gated, artifact, fit, cal, settings, target)
+        key = (not ok, on_cal["cost_raw"])
+        if best is None or key < best[0]:
+            best = (key, gated, art, {"router_threshold": gate, "alpha": alpha, **on_cal})
+    assert best is not None, "router_thresholds is empty"
+    return best[1], best[2], {**best[3], "matched": not best[0][0]}
+
+
 def head_value(
     policy: CascadePolicyConfig,
     artifact: CascadeArtifact,
@@ -87,25 +136,21 @@ def head_value(
     settings: HeadValueSettings | None = None,
 ) -> dict:
     """The served (`policy`, `artifact`) against the verdict-alone variant matched to its
-    accuracy on `cal`, replayed on every split of `tests`. `fit`/`cal` should be the data
-    the artifact was made on, so both sides are fixed the same way. JSON-ready."""
+    accuracy on `cal`, replayed on every split of `tests`; and the head's gate with its
+    threshold fitted on `cal` too (`fitted_gate`) against the same verdict-alone. `fit`/`cal`
+    should be the data the artifact was made on, so every side is fixed the same way."""
     settings = settings or HeadValueSettings()
     plain = verdict_alone(policy)
     served_cal = _measure(policy, artifact, cal)
-    sweep = []
-    for a in settings.alphas:
-        art = _variant(plain, artifact, fit, cal, settings.mode, float(a))
-        sweep.append((float(a), art, _measure(plain, art, cal)))
-    good = [s for s in sweep if s[2]["accuracy"] >= served_cal["accuracy"]]
-    matched = bool(good)
-    alpha, chosen, chosen_cal = (
-        min(good, key=lambda s: (s[2]["cost_raw"], -s[0]))
-        if good
-        else (max(sweep, key=lambda s: (s[2]["accuracy"], -s[2]["cost_raw"])))
+    target = served_cal["accuracy"]
+    alpha, chosen, chosen_cal, matched, sweep = _matched(
+        plain, artifact, fit, cal, settings, target
     )
+    gated, gated_art, gated_cal = _fitted_gate(policy, artifact, fit, cal, settings, target)
     rows = []
     for test in tests:
         served, alone = _measure(policy, artifact, test), _measure(plain, chosen, test)
+        fitted = _measure(gated, gated_art, test)
         rows.append(
             {
                 "split": test.split,
@@ -113,11 +158,12 @@ def head_value(
                 "n": test.n,
                 "served": served,
                 "verdict_alone": alone,
+                "fitted_gate": fitted,
                 "cost_reduction": 1.0 - served["cost_raw"] / alone["cost_raw"],
+                "fitted_gate_cost_reduction": 1.0 - fitted["cost_raw"] / alone["cost_raw"],
                 "accuracy_difference": served["accuracy"] - alone["accuracy"],
             }
         )
-    reductions = [r["cost_reduction"] for r in rows]
     return {
         "calibration": {"split": cal.split, "seed": cal.seed, "n": cal.n, "fit_n": fit.n},
         "router_threshold": policy.router_threshold,
@@ -125,11 +171,19 @@ def head_value(
         "verdict_alone_alpha": alpha,
         "verdict_alone_mode": settings.mode,
         "verdict_alone_on_calibration": chosen_cal,
+        "fitted_gate_on_calibration": gated_cal,
         "matched": matched,
         "sweep": [{"alpha": a, **m} for a, _, m in sweep],
         "tests": rows,
-        "mean_cost_reduction": float(np.mean(reductions)) if reductions else math.nan,
+        "mean_cost_reduction": _mean(r["cost_reduction"] for r in rows),
+        "mean_fitted_gate_cost_reduction": _mean(r["fitted_gate_cost_reduction"] for r in rows),
         "design_claim": 0.2,
-        "selection": "verdict-alone alpha: the cheapest on the calibration split at least as "
-        "accurate there as the served policy; the test splits choose nothing",
+        "selection": "verdict-alone alpha, and the fitted gate's threshold and alpha: the "
+        "cheapest on the calibration split at least as accurate there as the served policy; "
+        "the test splits choose nothing",
     }
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return float(np.mean(values)) if values else math.nan

@@ -398,3 +398,30 @@ def test_head_value_matches_accuracy_on_calibration_and_compares_on_test(splits,
     expected = 1 - row["served"]["cost_raw"] / row["verdict_alone"]["cost_raw"]
     assert row["cost_reduction"] == pytest.approx(expected)
     assert r["mean_cost_reduction"] == pytest.approx(expected)
+
+
+def test_the_fitted_gate_is_the_cheapest_matched_gate_on_calibration(splits, served):
+    """The head's gate with threshold and alpha chosen on calibration, like verdict-alone:
+    no other (gate, alpha) of the grid that matches the served accuracy there is cheaper."""
+    from offline.head_value import _matched
+
+    policy, artifact = served
+    settings = HeadValueSettings(alphas=(0.05, 0.2), router_thresholds=(0.5, 0.9))
+    r = head_value(policy, artifact, splits["fit"], splits["cal"], [splits["test"]], settings)
+    g = r["fitted_gate_on_calibration"]
+    assert g["router_threshold"] in (0.5, 0.9) and g["alpha"] in (0.05, 0.2)
+    target = r["served_on_calibration"]["accuracy"]
+    costs = {}
+    for gate in (0.5, 0.9):
+        gated = policy.model_copy(update={"router_threshold": gate})
+        sweep = _matched(gated, artifact, splits["fit"], splits["cal"], settings, target)[4]
+        costs[gate] = min(
+            (m["cost_raw"] for _, _, m in sweep if m["accuracy"] >= target), default=None
+        )
+    matched = [c for c in costs.values() if c is not None]
+    assert g["matched"] == bool(matched)
+    if matched:
+        assert g["cost_raw"] == pytest.approx(min(matched))
+    row = r["tests"][0]
+    expected = 1 - row["fitted_gate"]["cost_raw"] / row["verdict_alone"]["cost_raw"]
+    assert row["fitted_gate_cost_reduction"] == pytest.approx(expected)

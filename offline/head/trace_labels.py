@@ -91,7 +91,7 @@ def _end_labels(store: TraceStore, app: AppArgs) -> tuple[dict[str, Label], dict
     check_identities(
         {t: manifest.tiers[t] for t in ends},
         {t: current[t] for t in ends},
-        what=f"the traces in {store.root}",
+        what=f"the trace set in {store.root}",
     )
     cheap, strong = (store.labels(t, manifest.tiers[t]) for t in ends)
     return cheap, strong
