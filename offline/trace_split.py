@@ -67,7 +67,10 @@ def trace_splits(
             f"{store.root} has no traces of tier(s) {missing}; run collect with this config"
         )
     problems = check_identities(
-        manifest.tiers, current, what=f"the trace set in {store.root}", allow_mismatch=allow_mismatch
+        manifest.tiers,
+        current,
+        what=f"the trace set in {store.root}",
+        allow_mismatch=allow_mismatch,
     )
     names = [t.name for t in app.tiers]
     answers = {t: store.answers(t, manifest.tiers[t]) for t in names}
