@@ -29,7 +29,7 @@ import numpy as np
 
 from models.engine import EngineError, Generation, SamplingSettings
 
-__all__ = ["OpenAIEngine", "completion_to_generation"]
+__all__ = ["OpenAIEngine", "completion_to_generation", "top_matrix"]
 
 
 class OpenAIEngine:
@@ -113,18 +113,22 @@ class OpenAIEngine:
         return list(await asyncio.gather(*(one(p) for p in prompts)))
 
     async def _complete(self, prompt: str, settings: SamplingSettings) -> Generation:
+        payload = await self._post("completions", self._body(prompt, settings))
+        return completion_to_generation(payload, settings.top_logprobs)
+
+    async def _post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST `route` under the base URL: the answer's JSON, its 4xx as ValueError (the
+        ingress's 400, the tier's TierInputError), anything else as EngineError."""
         assert self._client is not None
         try:
-            r = await self._client.post(
-                f"{self.base_url}/completions", json=self._body(prompt, settings)
-            )
+            r = await self._client.post(f"{self.base_url}/{route}", json=body)
         except httpx.HTTPError as e:
             raise EngineError(f"{self.base_url}: {e}") from e
         if 400 <= r.status_code < 500:
             raise ValueError(f"{self.base_url} refused the request: {r.text}")
         if r.status_code != 200:
             raise EngineError(f"{self.base_url} answered {r.status_code}: {r.text}")
-        return completion_to_generation(r.json(), settings.top_logprobs)
+        return r.json()
 
     def count_tokens(self, text: str) -> int:
         return 0  # unknown here; the remote server enforces its own context length
@@ -134,6 +138,17 @@ class OpenAIEngine:
 
     def shutdown(self) -> None:
         self._client = None
+
+
+def top_matrix(top: tuple[tuple[tuple[str, float], ...], ...], k: int) -> np.ndarray | None:
+    """The (tokens, k) top-k logprob matrix of per-token (token, logprob) rows, padded with
+    -inf where a row has fewer than k; None for k = 0."""
+    if not k:
+        return None
+    matrix = np.full((len(top), k), -np.inf)
+    for i, row in enumerate(top):
+        matrix[i, : len(row)] = [v for _, v in row]
+    return matrix
 
 
 def completion_to_generation(payload: dict[str, Any], k: int) -> Generation:
@@ -149,10 +164,7 @@ def completion_to_generation(payload: dict[str, Any], k: int) -> Generation:
         for row in tops
     )
     n = len(chosen)
-    matrix = np.full((n, k), -np.inf) if k else None
-    if matrix is not None:
-        for i, row in enumerate(top):
-            matrix[i, : len(row)] = [v for _, v in row]
+    matrix = top_matrix(top, k)
     usage = payload.get("usage") or {}
     return Generation(
         text=choice.get("text", ""),

@@ -41,7 +41,7 @@ from calibration.dataset import DatasetItem
 from calibration.identity import IdentityMismatch, TierIdentity, mismatches
 from models.engine import EngineError, Generation, SamplingSettings
 from models.identity import configured_identities, served_settings
-from models.openai_engine import OpenAIEngine
+from models.openai_engine import OpenAIEngine, top_matrix
 from offline.collect import CollectReport, TierSource, collect
 
 __all__ = ["EndpointEngine", "EndpointError", "api_base", "collect_through", "endpoint_sources"]
@@ -222,19 +222,11 @@ class EndpointEngine(OpenAIEngine):
     async def _chat(
         self, messages: Sequence[dict[str, str]], settings: SamplingSettings
     ) -> Generation:
-        assert self._client is not None
         body = self._body("", settings)
         del body["prompt"]
         body.update(messages=list(messages), logprobs=True, top_logprobs=settings.top_logprobs)
-        try:
-            r = await self._client.post(f"{self.base_url}/chat/completions", json=body)
-        except httpx.HTTPError as e:
-            raise EngineError(f"{self.base_url}: {e}") from e
-        if 400 <= r.status_code < 500:
-            raise ValueError(f"{self.base_url} refused the request: {r.text}")
-        if r.status_code != 200:
-            raise EngineError(f"{self.base_url} answered {r.status_code}: {r.text}")
-        return _chat_generation(r.json(), settings.top_logprobs)
+        payload = await self._post("chat/completions", body)
+        return _chat_generation(payload, settings.top_logprobs)
 
 
 def _chat_generation(payload: dict[str, Any], k: int) -> Generation:
@@ -246,10 +238,7 @@ def _chat_generation(payload: dict[str, Any], k: int) -> Generation:
         tuple((a["token"], float(a["logprob"])) for a in (e.get("top_logprobs") or [])[:k])
         for e in content
     )
-    matrix = np.full((len(chosen), k), -np.inf) if k else None
-    if matrix is not None:
-        for i, row in enumerate(top):
-            matrix[i, : len(row)] = [v for _, v in row]
+    matrix = top_matrix(top, k)
     usage = payload.get("usage") or {}
     return Generation(
         text=(choice.get("message") or {}).get("content") or "",
