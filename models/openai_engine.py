@@ -63,6 +63,7 @@ class OpenAIEngine:
         self.timeout_s = timeout_s
         self._limit = max_concurrency
         self._client: httpx.AsyncClient | None = None
+        self.require_logprobs = require_logprobs
         self._probe(require_logprobs, top_logprobs)
 
     def _body(self, prompt: str, settings: SamplingSettings) -> dict[str, Any]:

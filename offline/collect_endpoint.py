@@ -207,12 +207,30 @@ def _request(engine: Any, item: DatasetItem) -> str | tuple[dict[str, str], ...]
 class EndpointEngine(OpenAIEngine):
     """`OpenAIEngine` that also speaks chat: a request is a prompt or a message sequence."""
 
+    def _probe(self, require_logprobs: bool, k: int) -> None:
+        """Where logprobs are needed, the completions probe of the tier engine; else (a grader)
+        one chat token, since a chat-only server (most hosted judges) has no /completions."""
+        if require_logprobs:
+            return super()._probe(require_logprobs, k)
+        body = {"model": self.model, "messages": [{"role": "user", "content": "ping"}]}
+        try:
+            r = httpx.post(
+                f"{self.base_url}/chat/completions",
+                json={**body, "max_tokens": 1},
+                headers=self.headers,
+                timeout=30,
+            )
+        except httpx.HTTPError as e:
+            raise EngineError(f"the endpoint {self.base_url} is unreachable: {e}") from e
+        if r.status_code != 200:
+            raise EngineError(f"the endpoint {self.base_url} answered {r.status_code}: {r.text}")
+
     async def _complete(self, request: Any, settings: SamplingSettings) -> Generation:
         if isinstance(request, str):
             gen = await super()._complete(request, settings)
         else:
             gen = await self._chat(request, settings)
-        if not gen.logprobs and (gen.text or gen.completion_tokens):
+        if self.require_logprobs and not gen.logprobs and (gen.text or gen.completion_tokens):
             raise EngineError(
                 f"{self.base_url} (model {self.model}) answered without logprobs; the tier's "
                 "accept/escalate scores are computed from them, so it cannot be calibrated"
@@ -224,7 +242,10 @@ class EndpointEngine(OpenAIEngine):
     ) -> Generation:
         body = self._body("", settings)
         del body["prompt"]
-        body.update(messages=list(messages), logprobs=True, top_logprobs=settings.top_logprobs)
+        body.update(messages=list(messages))
+        del body["logprobs"]
+        if settings.top_logprobs or self.require_logprobs:
+            body.update(logprobs=True, top_logprobs=settings.top_logprobs)
         payload = await self._post("chat/completions", body)
         return _chat_generation(payload, settings.top_logprobs)
 

@@ -123,8 +123,12 @@ class LLMGrader:
         )
         text, where = _template(template)
         spec = _spec(text, where, grades, identity, endpoint=base_url, model=model)
-        engine = load_engine(
-            "openai", model, base_url=base_url, api_key_env=api_key_env, require_logprobs=False
+        from offline.collect_endpoint import EndpointEngine
+
+        # chat: the server renders the grading prompt with its model's own template (a hosted
+        # judge may not serve /v1/completions at all)
+        engine = EndpointEngine(
+            model, base_url=base_url, api_key_env=api_key_env, require_logprobs=False
         )
         return cls(engine, settings, spec, text, batch)
 
@@ -133,14 +137,19 @@ class LLMGrader:
         replies: list[str] = []
         with tqdm(total=len(prompts), desc=desc, disable=not progress) as bar:
             for i in range(0, len(prompts), self.batch):
-                chunk = [
-                    render_prompt(self.engine.tokenizer, messages=[{"role": "user", "content": p}])
-                    for p in prompts[i : i + self.batch]
-                ]
+                chunk = [self._request(p) for p in prompts[i : i + self.batch]]
                 gens = self._loop.run_until_complete(self.engine.generate(chunk, self.settings))
                 replies.extend(g.text for g in gens)
                 bar.update(len(chunk))
         return replies
+
+    def _request(self, prompt: str):
+        """The grading prompt as one user message: rendered here with a local tier's chat
+        template, or sent as chat messages to an endpoint, which renders them itself."""
+        message = ({"role": "user", "content": prompt},)
+        if self.engine.tokenizer is None:
+            return message
+        return render_prompt(self.engine.tokenizer, messages=list(message))
 
     def close(self) -> None:
         close_engine(self.engine, self._loop)

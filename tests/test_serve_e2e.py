@@ -316,3 +316,49 @@ def test_collect_through_openai_tiers(service, tmp_path):
     ident = store.manifest().tiers["cheap"]
     assert ident.engine == "openai" and ident.top_k == 5
     assert all(len(g.logprobs) >= 1 for g in store.answers("cheap", ident).values())
+
+
+def test_an_endpoint_grades_answers_through_chat(service, zoo, tmp_path):
+    """`judge --judge llm --judge-endpoint`: this running graph as the grader (model=strong),
+    reached over chat, so the server renders the grading prompt with the model's own template.
+    The zoo grades by subtraction: `9{answer}-{reference}` is 90 exactly when they are equal
+    (see tests/test_llm_judge.py)."""
+    from calibration.dataset import load_dataset, write_dataset
+    from models.tasks import _main as tasks_main
+    from offline.cli import main
+    from offline.collect import collect
+    from offline.traces import TraceStore
+
+    base, _ = service
+    tasks_main(["export", "--split", "calibration", "--seed", "3", "--n", "200", "--out",
+                str(tmp_path / "all.jsonl")])  # fmt: skip
+    items = [i for i in load_dataset(tmp_path / "all.jsonl") if i.task_type == "max"][:12]
+    for i in items[1::2]:  # off by one: half the cheap tier's (mostly right) answers are wrong
+        i.reference = str((int(i.reference) + 1) % 10)
+    write_dataset(items, tmp_path / "items.jsonl")
+    local = {"engine": "transformers", "engine_kwargs": {"dtype": "float32"}}
+    app = AppArgs(
+        tiers=[{"name": "cheap", "model": "zoo:cheap", **local},
+               {"name": "strong", "model": "zoo:strong", **local}],
+        limits={"default_max_tokens": 4},
+    )  # fmt: skip
+    out = tmp_path / "traces"
+    collect(app, items, out, data=str(tmp_path / "items.jsonl"), progress=False, tiers=["cheap"])
+    template = tmp_path / "sub.txt"
+    template.write_text("9{answer}-{reference}")
+    wrong = ",".join(str(n) for n in range(81, 100) if n != 90)
+    args = ["judge", "--traces", str(out), "--judge", "llm", "--judge-endpoint", f"{base}/v1"]
+    args += ["--judge-model", "strong", "--judge-template", str(template)]
+    args += ["--judge-grades", f"90/{wrong}", "--no-progress", "--allow-unparsed"]
+    assert main(args) == 0
+    store = TraceStore(out)
+    ident = store.manifest().tiers["cheap"]
+    labels, answers = store.labels("cheap", ident), store.answers("cheap", ident)
+    refs = {i.id: i.reference for i in items}
+    one_digit = [i for i in refs if len(answers[i].text.strip()) == 1]
+    assert len(one_digit) >= 10 and set(one_digit) <= set(labels)
+    agree = sum(labels[i].right == (answers[i].text.strip() == refs[i]) for i in one_digit)
+    assert agree >= len(one_digit) - 1
+    spec = labels[one_digit[0]].judge
+    assert spec.endpoint == f"{base}/v1" and spec.model == "strong"
+    assert spec.grader.engine == "openai"
