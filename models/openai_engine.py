@@ -29,7 +29,7 @@ import numpy as np
 
 from models.engine import EngineError, Generation, SamplingSettings
 
-__all__ = ["OpenAIEngine", "completion_to_generation", "top_matrix"]
+__all__ = ["OpenAIEngine", "api_generation", "completion_to_generation", "top_matrix"]
 
 
 class OpenAIEngine:
@@ -164,17 +164,30 @@ def completion_to_generation(payload: dict[str, Any], k: int) -> Generation:
         tuple(sorted(((t, float(v)) for t, v in (row or {}).items()), key=lambda p: -p[1])[:k])
         for row in tops
     )
-    n = len(chosen)
-    matrix = top_matrix(top, k)
+    return api_generation(payload, choice.get("text", ""), chosen, top, k, len(tokens))
+
+
+def api_generation(
+    payload: dict[str, Any],
+    text: str,
+    chosen: list[float] | tuple[float, ...],
+    top: tuple[tuple[tuple[str, float], ...], ...],
+    k: int,
+    n_tokens: int,
+) -> Generation:
+    """The `Generation` of an OpenAI answer (completions or chat) once its text, chosen-token
+    logprobs and top-k rows are read: token ids unknown (-1), usage from the payload (else
+    `n_tokens` completion tokens)."""
+    choice = payload["choices"][0]
     usage = payload.get("usage") or {}
     return Generation(
-        text=choice.get("text", ""),
-        token_ids=(-1,) * n,
+        text=text,
+        token_ids=(-1,) * len(chosen),
         logprobs=tuple(chosen),
         top_logprobs=top,
         finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
         prompt_tokens=int(usage.get("prompt_tokens", 0)),
-        completion_tokens=int(usage.get("completion_tokens", len(tokens))),
+        completion_tokens=int(usage.get("completion_tokens", n_tokens)),
         logprob_values=np.asarray(chosen, dtype=np.float64),
-        top_logprob_values=matrix,
+        top_logprob_values=top_matrix(top, k),
     )

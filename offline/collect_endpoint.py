@@ -34,14 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
 from calibration.config import AppArgs, TierArgs
 from calibration.dataset import DatasetItem
 from calibration.identity import IdentityMismatch, TierIdentity, mismatches
 from models.engine import EngineError, Generation, SamplingSettings
 from models.identity import configured_identities, served_settings
-from models.openai_engine import OpenAIEngine, top_matrix
+from models.openai_engine import OpenAIEngine, api_generation
 from offline.collect import CollectReport, TierSource, collect
 
 __all__ = ["EndpointEngine", "EndpointError", "api_base", "collect_through", "endpoint_sources"]
@@ -259,16 +258,5 @@ def _chat_generation(payload: dict[str, Any], k: int) -> Generation:
         tuple((a["token"], float(a["logprob"])) for a in (e.get("top_logprobs") or [])[:k])
         for e in content
     )
-    matrix = top_matrix(top, k)
-    usage = payload.get("usage") or {}
-    return Generation(
-        text=(choice.get("message") or {}).get("content") or "",
-        token_ids=(-1,) * len(chosen),
-        logprobs=chosen,
-        top_logprobs=top,
-        finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
-        prompt_tokens=int(usage.get("prompt_tokens", 0)),
-        completion_tokens=int(usage.get("completion_tokens", len(chosen))),
-        logprob_values=np.asarray(chosen, dtype=np.float64),
-        top_logprob_values=matrix,
-    )
+    text = (choice.get("message") or {}).get("content") or ""
+    return api_generation(payload, text, chosen, top, k, len(chosen))
