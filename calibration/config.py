@@ -106,7 +106,14 @@ class TierArgs(_Strict):
     )
     fault: FaultArgs | None = Field(default=None, description="Chaos testing only.")
     max_batch_size: int = Field(default=16, ge=1, description="Dynamic batching (transformers).")
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    batch_wait_timeout_s: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "How long a batch waits to fill. 0: it takes the requests that queued while the "
+            "last batch ran, so a lone request waits for nothing and load still batches."
+        ),
+    )
     health_probe_interval_s: float = Field(
         default=30.0, gt=0, description="Health check: a 1-token probe when idle this long."
     )

@@ -16,14 +16,16 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from ray import serve
 
 from calibration.config import AppArgs
 from deployments.auth import TokenCheck, load_tokens
-from deployments.errors import APIError, error_response, install_handlers
+from deployments.errors import APIError, install_handlers
 from deployments.feedback import FeedbackDesk, FeedbackRejected, json_safe
 from deployments.feedback_protocol import FeedbackRequest, FeedbackResponse
+from deployments.http_guards import BearerAuth, BodyLimit
 from deployments.llm import TierRequest
 from deployments.openai_format import (
     chat_logprobs,
@@ -61,39 +63,15 @@ app = FastAPI(
 install_handlers(app)
 
 
-@app.middleware("http")
-async def _limit_body(request: Request, call_next):
-    """Refuse oversized bodies before parsing them (413): by the declared length, or by the
-    body's actual size when it comes without one (chunked)."""
-    limit = getattr(request.app.state, "max_body_bytes", 1_000_000)
-    declared = request.headers.get("content-length")
-    too_big = error_response(
-        413, f"the request body is over the limit of {limit} bytes", code="body_too_large"
-    )
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return too_big
-    # Without a declared length (chunked), measure the body; Starlette caches body() for the
-    # route, so reading it here loses nothing.
-    chunked = declared is None and request.method in ("POST", "PUT", "PATCH")
-    if chunked and len(await request.body()) > limit:
-        return too_big
-    return await call_next(request)
+# Registered inner first: BearerAuth, added last, runs first, so no unauthenticated body is read.
+app.add_middleware(BodyLimit)
+app.add_middleware(BearerAuth)
 
 
-@app.middleware("http")
-async def _auth(request: Request, call_next):
-    """Bearer-token auth when tokens are configured (`auth` args); 401 otherwise. Registered
-    after the body limit, so it runs first: no unauthenticated body is read."""
-    check: TokenCheck | None = getattr(request.app.state, "auth", None)
-    if check is not None and not check.allows(
-        request.url.path, request.headers.get("authorization")
-    ):
-        return error_response(
-            401,
-            "a valid API key is required: send the header 'Authorization: Bearer <key>'",
-            code="invalid_api_key",
-        )
-    return await call_next(request)
+def _json(body: BaseModel) -> Response:
+    """pydantic's own serializer (Rust) straight to bytes: FastAPI's default for a returned
+    model walks it again in Python (`jsonable_encoder`) before encoding, on every answer."""
+    return Response(content=body.model_dump_json(), media_type="application/json")
 
 
 @serve.deployment
@@ -238,18 +216,20 @@ class Ingress:
         if body.stream:
             return self._stream(result, body, chat=True)
         gen = result.generation
-        return ChatCompletionResponse(
-            id=rid,
-            model=result.tier,
-            choices=[
-                ChatChoice(
-                    message=AssistantMessage(content=gen.text),
-                    finish_reason=gen.finish_reason,
-                    logprobs=chat_logprobs(gen, k) if body.logprobs else None,
-                )
-            ],
-            usage=usage(gen),
-            routing=result.routing,
+        return _json(
+            ChatCompletionResponse(
+                id=rid,
+                model=result.tier,
+                choices=[
+                    ChatChoice(
+                        message=AssistantMessage(content=gen.text),
+                        finish_reason=gen.finish_reason,
+                        logprobs=chat_logprobs(gen, k) if body.logprobs else None,
+                    )
+                ],
+                usage=usage(gen),
+                routing=result.routing,
+            )
         )
 
     @app.post("/v1/completions")
@@ -261,20 +241,22 @@ class Ingress:
         if body.stream:
             return self._stream(result, body, chat=False)
         gen = result.generation
-        return CompletionResponse(
-            id=rid,
-            model=result.tier,
-            choices=[
-                CompletionChoice(
-                    text=gen.text,
-                    finish_reason=gen.finish_reason,
-                    logprobs=completion_logprobs(gen, body.logprobs)
-                    if body.logprobs is not None
-                    else None,
-                )
-            ],
-            usage=usage(gen),
-            routing=result.routing,
+        return _json(
+            CompletionResponse(
+                id=rid,
+                model=result.tier,
+                choices=[
+                    CompletionChoice(
+                        text=gen.text,
+                        finish_reason=gen.finish_reason,
+                        logprobs=completion_logprobs(gen, body.logprobs)
+                        if body.logprobs is not None
+                        else None,
+                    )
+                ],
+                usage=usage(gen),
+                routing=result.routing,
+            )
         )
 
     # --- helpers -----------------------------------------------------------------------------

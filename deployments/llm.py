@@ -101,7 +101,7 @@ class LLMTier:
         engine: str = "auto",
         engine_kwargs: dict[str, Any] | None = None,
         max_batch_size: int = 16,
-        batch_wait_timeout_s: float = 0.01,
+        batch_wait_timeout_s: float = 0.0,
         engine_instance: Engine | None = None,
         fault: dict[str, Any] | None = None,
         health_probe_interval_s: float = 30.0,
@@ -179,7 +179,7 @@ class LLMTier:
         )
         return gen
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _generate_batch(
         self, items: list[tuple[str, SamplingSettings]]
     ) -> list[Generation | Exception]:
