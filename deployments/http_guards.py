@@ -16,12 +16,14 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from calibration.config_sections import LimitArgs
 from deployments.auth import TokenCheck
 from deployments.errors import error_response
 
 __all__ = ["BearerAuth", "BodyLimit"]
 
-DEFAULT_MAX_BODY_BYTES = 1_000_000
+# until the replica has set app.state: the config's own default, not a second copy of it
+DEFAULT_MAX_BODY_BYTES: int = LimitArgs.model_fields["max_body_bytes"].default
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
 
