@@ -4,7 +4,8 @@ The zoo cannot read English, so the tests reduce grading to a task it solves: fo
 (one-digit references) the template `9{answer}-{reference}` is a zoo subtraction whose result
 is 90 exactly when the answer equals the reference, and 81..99 otherwise; `--judge-grades`
 reads 90 as right and the others as wrong. An answer that is not one digit makes a prompt
-whose reply is none of those: unparsed, counted, named, unlabelled.
+whose reply is none of those: unparsed, counted, named, unlabelled. The judge is held to what
+its grader replies when asked directly (tests/subtraction_grader.py says why).
 """
 
 import hashlib
@@ -19,10 +20,9 @@ from models.identity import configured_identities
 from offline.cli import main
 from offline.collect import collect
 from offline.traces import TraceStore
+from tests.subtraction_grader import GRADES, TEMPLATE, expected_verdicts, grader_accuracy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-WRONG = ",".join(str(n) for n in range(81, 100) if n != 90)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def setup(zoo, tmp_path_factory):
         app, items, out, data=str(root / "items.jsonl"), batch=8, progress=False, tiers=["cheap"]
     )
     template = root / "sub.txt"
-    template.write_text("9{answer}-{reference}")
+    template.write_text(TEMPLATE)
     return app, config, out, items, template
 
 
@@ -77,31 +77,35 @@ def _labels(out):
     return store.labels("cheap", ident), store.answers("cheap", ident)
 
 
-def test_a_real_grader_gives_verdicts_and_records_who_gave_them(setup, capsys):
+def test_the_grader_subtracts_well_enough_to_grade(zoo):
+    assert grader_accuracy(zoo) >= 0.95  # 0.99 and 1.00 on the zoos built so far
+
+
+def test_a_real_grader_gives_verdicts_and_records_who_gave_them(setup, zoo, capsys):
     app, config, out, items, template = setup
     args = ["judge", "--traces", str(out), "--judge", "llm", "--config", str(config)]
     args += ["--judge-tier", "strong", "--judge-template", str(template)]
-    args += ["--judge-grades", f"90/{WRONG}", "--judge-batch", "8", "--no-progress", "--json"]
+    args += ["--judge-grades", GRADES, "--judge-batch", "8", "--no-progress", "--json"]
     code = main([*args, "--allow-unparsed"])
     payload = json.loads(capsys.readouterr().out)
     assert code == 0
     labels, answers = _labels(out)
+    refs = {i.id: i.reference for i in items}
     one_digit = {i.id for i in items if len(answers[i.id].text.strip()) == 1}
     assert len(one_digit) >= 20  # the cheap tier answers `max` with one digit
-    assert one_digit <= set(labels)  # every well-formed prompt was graded
+    want = expected_verdicts(zoo, {i: answers[i].text.strip() for i in one_digit}, refs)
+    assert {i: labels[i].verdict for i in labels} == {i: v for i, v in want.items() if v}
     report = payload["tiers"]["cheap"]
     assert report["n"] == len(labels) and report["n"] + report["unparsed"] == len(items)
-    assert report["unparsed"] >= 1 and set(report["unparsed_ids"]).isdisjoint(one_digit)
-    refs = {i.id: i.reference for i in items}
-    truth = {i: answers[i].text.strip() == refs[i] for i in one_digit}
-    agree = sum(labels[i].right == truth[i] for i in one_digit)
-    assert agree >= len(one_digit) - 1  # the strong tier's subtraction is ~98% exact
-    rights = sum(labels[i].right for i in one_digit)
-    assert rights >= 8 and len(one_digit) - rights >= 8
+    unlabelled = [i.id for i in items if i.id not in labels]  # the six `rev` items at least
+    assert report["unparsed"] == len(unlabelled) >= 6
+    assert report["unparsed_ids"] == unlabelled[:10]
+    rights = sum(lab.right for lab in labels.values())
+    assert rights >= 4 and len(labels) - rights >= 4  # both verdicts, several times
     spec = next(iter(labels.values())).judge
     assert spec.name == "llm" and spec.tier == "strong" and spec.template == str(template)
     assert spec.template_sha256 == hashlib.sha256(template.read_bytes()).hexdigest()
-    assert spec.grades == parse_grades(f"90/{WRONG}")
+    assert spec.grades == parse_grades(GRADES)
     assert spec.grader == configured_identities(app)["strong"]  # as collect records the tier
     assert all(parse_verdict(lab.detail, spec.grades) == lab.verdict for lab in labels.values())
 
