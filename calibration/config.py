@@ -120,6 +120,23 @@ class TierArgs(_Strict):
     health_probe_timeout_s: float = Field(
         default=10.0, gt=0, description="Health check: a probe slower than this fails it."
     )
+    health_startup_grace_s: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Health check: until the engine first answers, a probe that times out does not fail "
+            "the replica for this long after it started. A ray_llm tier's engine is another "
+            "deployment (its LLMServer), which loads its model after the tier's replica is up. "
+            "None: 600 for ray_llm, 0 for engines that load in the replica's constructor."
+        ),
+    )
+
+    @property
+    def startup_grace_s(self) -> float:
+        """`health_startup_grace_s`, its None resolved for the tier's engine."""
+        if self.health_startup_grace_s is not None:
+            return self.health_startup_grace_s
+        return 600.0 if self.engine == "ray_llm" else 0.0
 
     @field_validator("engine_kwargs")
     @classmethod

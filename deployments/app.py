@@ -49,6 +49,7 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
             fault=t.fault.model_dump() if t.fault else None,
             health_probe_interval_s=t.health_probe_interval_s,
             health_probe_timeout_s=t.health_probe_timeout_s,
+            health_startup_grace_s=t.startup_grace_s,
             llm_server=_llm_server(t, args.limits.top_logprobs),
         )
     router = None

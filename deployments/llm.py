@@ -21,7 +21,10 @@ else a 1-token probe generation bounded by `health_probe_timeout_s` (so at most 
 interval while healthy, none at all under traffic). After a failed engine call or probe, every
 check probes until one succeeds. A dead engine fails at once, a wedged one when its probe
 times out; three failed checks in a row and Serve replaces the replica. `info()` carries the
-same verdict without a probe, for /readyz.
+same verdict without a probe, for /readyz. Until the engine first answers, a probe that times out
+within `health_startup_grace_s` of the replica's start passes as "starting": a ray_llm tier's
+LLMServer loads its model after this replica is up (a minute or more), and without the grace
+Serve restarted the tier until the deployment failed (seen in CI).
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ class TierHealth:
 
     probe_interval_s: float = 30.0
     probe_timeout_s: float = 10.0
+    startup_grace_s: float = 0.0
+    started: float = field(default_factory=time.monotonic)
     last_ok: float = float("-inf")  # the last engine call (request or probe) that answered
     failures: int = 0  # engine calls failed since then
     last_error: str | None = None
@@ -85,10 +90,15 @@ class TierHealth:
         """True unless an engine call answered within the interval and none failed since."""
         return self.failures > 0 or time.monotonic() - self.last_ok >= self.probe_interval_s
 
+    def starting(self) -> bool:
+        """True while the engine has never answered and the start-up grace has not run out."""
+        never = self.last_ok == float("-inf")
+        return never and time.monotonic() - self.started < self.startup_grace_s
+
     def verdict(self) -> str:
         """'ok', or why not (for /readyz): the failures since the last answer."""
         if not self.failures:
-            return "ok"
+            return "starting: the engine has not answered yet" if self.starting() else "ok"
         return f"{self.failures} engine call(s) failed since the last answer: {self.last_error}"
 
 
@@ -106,10 +116,13 @@ class LLMTier:
         fault: dict[str, Any] | None = None,
         health_probe_interval_s: float = 30.0,
         health_probe_timeout_s: float = 10.0,
+        health_startup_grace_s: float = 0.0,
         llm_server: Any = None,
     ) -> None:
         self.name = name
-        self.health = TierHealth(health_probe_interval_s, health_probe_timeout_s)
+        self.health = TierHealth(
+            health_probe_interval_s, health_probe_timeout_s, health_startup_grace_s
+        )
         self.set_fault(fault)
         self.model = model
         self.engine: Engine = engine_instance or _engine(
@@ -221,6 +234,9 @@ class LLMTier:
         try:
             await asyncio.wait_for(self.engine.generate([self._probe_text()], _PROBE), timeout)
         except TimeoutError:
+            if self.health.starting():
+                logger.info("tier %s: its engine is still starting (no token yet)", self.name)
+                return
             self.health.failed(f"the probe generation gave no token in {timeout:g} s")
             raise RuntimeError(f"tier {self.name}: {self.health.last_error} (wedged?)") from None
         except Exception as e:

@@ -145,3 +145,16 @@ def test_router_device_and_dtype_refusals_say_what_to_fix(tmp_path, fields, matc
     path.write_text(SERVE_YAML.replace("threshold: 0.6}", f"threshold: 0.6, {fields}}}"))
     with pytest.raises(ValueError, match=match):
         AppArgs.from_serve_config(path)
+
+
+def test_only_ray_llm_tiers_get_a_start_up_grace_by_default():
+    from calibration.config import TierArgs
+
+    def grace(**kw):
+        return TierArgs(name="t", model="zoo:cheap", **kw).startup_grace_s
+
+    assert grace(engine="ray_llm") == 600.0
+    assert grace(engine="vllm") == 0.0 and grace(engine="transformers") == 0.0
+    assert grace(engine="vllm", health_startup_grace_s=30) == 30.0
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        grace(health_startup_grace_s=-1)

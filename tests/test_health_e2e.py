@@ -83,6 +83,28 @@ def test_a_wedged_engine_fails_the_probe_until_it_answers_again(tier, run):
     assert tier.info()["health"] == "ok" and tier.health.failures == 0
 
 
+def test_an_engine_not_yet_answering_passes_as_starting_until_the_grace_runs_out(tiny_zoo, run):
+    """As a ray_llm tier's is while its LLMServer loads: no token, and no failed check, for
+    `health_startup_grace_s`; after that the same silence fails."""
+    from deployments.llm import LLMTier
+
+    tier = LLMTier.func_or_class(
+        name="strong",
+        model=str(tiny_zoo / "cheap"),
+        engine="transformers",
+        health_probe_timeout_s=0.5,
+        health_startup_grace_s=2.0,
+    )
+    with tier.engine._lock:  # the engine gives no token yet
+        run(tier.check_health())  # within the grace: passes
+        assert tier.health.failures == 0 and tier.info()["health"].startswith("starting")
+        time.sleep(max(0.0, 2.1 - (time.monotonic() - tier.health.started)))
+        with pytest.raises(RuntimeError, match="wedged"):
+            run(tier.check_health())
+    run(tier.check_health())
+    assert tier.info()["health"] == "ok"
+
+
 # --- the graph, slow --------------------------------------------------------------------------
 MAX_REQUESTS = 600  # per scenario, on top of its deadline
 
