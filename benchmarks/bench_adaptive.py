@@ -100,7 +100,11 @@ def replay(
         def signal_at(t: int, i: int = i):
             name = names[t]
             gen = data.answers[name][i]
-            return artifact.signal(name, gen, threshold=aci.threshold(name)) if t < top else None
+            if t >= top:
+                return None
+            return artifact.signal(
+                name, gen, threshold=aci.threshold(name), context=data.context(i)
+            )
 
         o = run_cascade(
             policy, begin_run(policy, data, i), signal_at, lambda t, i=i: _tokens(data, names, t, i)

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     g = random_generation(np.random.default_rng(0), args.tokens, args.k)
     config = FeedbackConfig()
     fit = synthetic_split(300, seed=1)
-    qe = QualityEstimator.fit(fit.features["cheap"], fit.wrong)
+    qe = QualityEstimator.fit(fit.features["cheap"], fit.wrong, fit.feature_names)
     lp, top = g.logprob_array(), g.top_logprob_matrix()
     # What serving sees: the engines attach the arrays they already hold (models.engine).
     served = dataclasses.replace(g, logprob_values=lp, top_logprob_values=top)

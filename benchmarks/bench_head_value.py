@@ -37,7 +37,7 @@ def measure(
     app = AppArgs.from_serve_config(config)
     names = app.tier_names
     kw = {"root": root, "tiers": names, "allow_mismatch": app.calibration.allow_mismatch}
-    fit = load_split("validation", n_fit, 0, root=root, tiers=names, router=None)
+    fit = load_split("validation", n_fit, 0, **kw)
     cal = load_split("calibration", n_cal, 0, **kw)
     tests = [load_split("test", n, s, **kw) for s in seeds]
     result = head_value(app.policy(), served_artifact(app, root), fit, cal, tests)

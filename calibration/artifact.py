@@ -206,14 +206,26 @@ class CascadeCalibration(BaseModel):
             return self.group_thresholds[task_type], task_type
         return self.threshold, None
 
+    @property
+    def needs_router(self) -> bool:
+        """Whether its scorer takes the router's evidence (`feedback.router_evidence`)."""
+        return bool(getattr(self.build_scorer(), "needs_router", False))
+
     def signal(
-        self, generation=None, *, features=None, threshold=None, task_type=None
+        self, generation=None, *, features=None, threshold=None, task_type=None, context=None
     ) -> TierSignal:
         """`calibration.feedback.signal` with this artifact's scorer, threshold and config;
         `threshold` replaces the artifact's (adaptive conformal's, `calibration.adaptive`),
-        else `task_type` picks it (`threshold_for`)."""
+        else `task_type` picks it (`threshold_for`); `context`: the router's evidence."""
         threshold = self.threshold_for(task_type)[0] if threshold is None else threshold
-        return _signal(generation, self.build_scorer(), threshold, self.feedback, features=features)
+        return _signal(
+            generation,
+            self.build_scorer(),
+            threshold,
+            self.feedback,
+            features=features,
+            context=context,
+        )
 
     def save(self, path: str | Path) -> Path:
         return _write_json(self, path)
@@ -281,13 +293,27 @@ class CascadeArtifact(BaseModel):
             ) from None
 
     def signal(
-        self, tier: str, generation=None, *, features=None, threshold=None, task_type=None
+        self,
+        tier: str,
+        generation=None,
+        *,
+        features=None,
+        threshold=None,
+        task_type=None,
+        context=None,
     ) -> TierSignal:
         """`tier`'s calibrated verdict on one of its answers (at `threshold` if given, else at
-        `task_type`'s threshold: `CascadeCalibration.threshold_for`)."""
+        `task_type`'s threshold: `CascadeCalibration.threshold_for`), with the router's
+        evidence as `context` (`calibration.feedback.router_evidence`)."""
         return self.for_tier(tier).signal(
-            generation, features=features, threshold=threshold, task_type=task_type
+            generation, features=features, threshold=threshold, task_type=task_type, context=context
         )
+
+    @property
+    def needs_router(self) -> bool:
+        """Whether any tier's scorer takes the router's evidence: serving refuses to start
+        such an artifact without a router."""
+        return any(cal.needs_router for cal in self.tiers.values())
 
     def threshold_group(self, tier: str, task_type: str | None) -> str | None:
         """Whose threshold `tier` decides `task_type` at: the type's own, or None (pooled)."""

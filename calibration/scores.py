@@ -28,7 +28,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from calibration.feedback import FEATURE_NAMES
+from calibration.feedback import FEATURE_NAMES, ROUTER_FEATURES
 
 __all__ = [
     "FEATURE_SCORERS",
@@ -271,12 +271,31 @@ class QualityEstimator:
             p = 1.0 / (1.0 + np.exp(-z))
         return _nan_to_inf(p)
 
+    @property
+    def needs_router(self) -> bool:
+        """Whether it scores with the router's evidence (`calibration.feedback.ROUTER_FEATURES`)
+        too: serving then needs a router, and scores +inf where the router gave none."""
+        return any(f in ROUTER_FEATURES for f in self.params.features)
+
     def score(self, features: Mapping[str, float]) -> float:
-        x = np.fromiter((features[f] for f in self.params.features), np.float64)
+        # router evidence absent (no context given) reads as NaN, like a router that failed
+        x = np.fromiter(
+            (
+                features.get(f, math.nan) if f in ROUTER_FEATURES else features[f]
+                for f in self.params.features
+            ),
+            np.float64,
+        )
         return float(self._prob(x))
 
     def score_many(self, matrix: np.ndarray, names: Sequence[str] = FEATURE_NAMES) -> np.ndarray:
-        return self._prob(matrix[:, [_column(names, f) for f in self.params.features]])
+        cols = [
+            np.full(len(matrix), math.nan)  # no router column: as `score` without context
+            if f in ROUTER_FEATURES and f not in names
+            else matrix[:, _column(names, f)]
+            for f in self.params.features
+        ]
+        return self._prob(np.stack(cols, axis=1) if cols else matrix[:, :0])
 
 
 SCORERS: dict[str, Callable[..., Scorer]] = {

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 
 from deployments.protocol import ErrorBody, ErrorResponse
 
-__all__ = ["APIError", "error_response", "install_handlers"]
+__all__ = ["APIError", "describe_failure", "error_response", "install_handlers", "retryable"]
 
 logger = logging.getLogger("ray.serve")
 
@@ -93,3 +93,21 @@ def install_handlers(app: FastAPI) -> None:
     async def _unexpected(_: Request, e: Exception) -> JSONResponse:
         logger.exception("unhandled error in the ingress")
         return error_response(500, f"internal error ({type(e).__name__}); see the server log")
+
+
+def retryable(e: BaseException) -> bool:
+    """Failures of the replica, not of the request: it died, was unreachable, or was
+    shedding load. A second try may reach a healthy (or restarted) replica."""
+    import ray.exceptions
+    from ray.serve.exceptions import BackPressureError
+
+    return isinstance(e, ray.exceptions.RayActorError | BackPressureError)
+
+
+def describe_failure(e: BaseException) -> str:
+    """A tier failure in one line for the routing record: the cause's type and last line."""
+    cause = getattr(e, "cause", None)
+    if cause is not None and cause is not e:
+        e = cause
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1]}" if text else type(e).__name__

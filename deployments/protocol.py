@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.functional_serializers import PlainSerializer
 
+from calibration.feedback import router_evidence
+
 __all__ = [
     "ChatCompletionRequest",
     "ChatCompletionResponse",
@@ -199,6 +201,12 @@ class RouterView(BaseModel):
         description="The confidence head was trained for another router (served under "
         "calibration.allow_mismatch): its confidence describes that router.",
     )
+
+    @property
+    def evidence(self) -> dict[str, float]:
+        """The router's evidence for the tiers' signals (`calibration.feedback.router_evidence`):
+        its P(complex), NaN when it was skipped or failed."""
+        return router_evidence((self.probabilities or {}).get("complex"))
 
 
 def json_float(x: Any) -> Any:

@@ -19,7 +19,7 @@ from calibration.cascade import CascadeOutcome, CascadeRun, CascadeStats, NoTier
 from calibration.config import AppArgs
 from calibration.feedback import extract_features
 from deployments.drift_watch import drift_message, drift_monitor
-from deployments.errors import APIError
+from deployments.errors import APIError, describe_failure, retryable
 from deployments.llm import TierInputError, TierRequest, deployment_problems
 from deployments.metrics import CascadeMetrics
 from deployments.protocol import RouterView, Routing, TierAttempt
@@ -134,7 +134,7 @@ class CascadeServer:
                 response.cancel()
                 return f"no answer in {timeout_s:g} s"
             if call.exception() is not None:
-                return _describe(call.exception())
+                return describe_failure(call.exception())
             info = call.result()
             return info.get("health", "ok") if isinstance(info, dict) else "ok"
 
@@ -227,7 +227,11 @@ class CascadeServer:
             self.metrics.tier_latency.observe(latencies[-1], tags={"tier": name})
             self.metrics.tier_calls.inc(tags={"tier": name, "outcome": "ok"})
             # the signal below the top: for the decision, and for a forced tier's record
-            sig = self._signal(name, out, adapted, task_type) if tier < self.policy.top else None
+            sig = (
+                self._signal(name, out, adapted, task_type, router)
+                if tier < self.policy.top
+                else None
+            )
             d = run.observe(sig, out.completion_tokens)
             if run.calls[-1].cost > 0:  # Ray's Counter refuses inc(0): a free tier would 500
                 self.metrics.cost.inc(run.calls[-1].cost, tags={"tier": name})
@@ -242,13 +246,16 @@ class CascadeServer:
             routing.threshold_group = self.calibration.threshold_group(decided, task_type)
         return CascadeResult(answers[outcome.final_tier], routing.final_tier, routing, outcome)
 
-    def _signal(self, name: str, out: Generation, adapted: set[str], task_type: str | None):
-        """The tier's signal at the threshold served now: the artifact's (the task type's own if
-        it has one) or user_config's, or adaptive conformal's once labels moved it (`adapted`)."""
+    def _signal(self, name, out: Generation, adapted: set[str], task_type, router: RouterView):
+        """The tier's signal, with the router's evidence, at the threshold served now: the
+        artifact's (the task type's own if it has one) or user_config's, or adaptive
+        conformal's once labels moved it (`adapted`)."""
+        context = router.evidence
         if not self.adaptive.adapted(name):
-            return self.calibration.signal(name, out, task_type=task_type)
+            return self.calibration.signal(name, out, task_type=task_type, context=context)
         adapted.add(name)
-        return self.calibration.signal(name, out, threshold=self.adaptive.threshold(name))
+        threshold = self.adaptive.threshold(name)
+        return self.calibration.signal(name, out, threshold=threshold, context=context)
 
     def _watch_drift(self, outcome: CascadeOutcome, router: RouterView) -> None:
         """Feed the drift monitor; at its looks, set the gauges and log each alarm turning on
@@ -289,12 +296,12 @@ class CascadeServer:
             self.metrics.cost.inc(cost, tags={"tier": name})
         self.metrics.degraded.inc(tags={"reason": f"{name}_failed"})
         try:
-            run.fail(_describe(error), cost)
+            run.fail(describe_failure(error), cost)
         except NoTierAnswered as e:
             if run.forced:
                 raise APIError(
                     503,
-                    f"tier {name!r} could not answer: {_describe(error)}",
+                    f"tier {name!r} could not answer: {describe_failure(error)}",
                     code="tier_unavailable",
                 ) from e
             raise APIError(503, str(e), code="tiers_unavailable") from e
@@ -381,20 +388,3 @@ def _mark_adapted(
     decided = [names[c.tier] for c in outcome.calls if c.signal is not None]
     routing.threshold_adapted = bool(decided) and decided[-1] in adapted
     return decided[-1] if decided else None
-
-
-def retryable(e: BaseException) -> bool:
-    """Failures of the replica, not of the request: it died, was unreachable, or was
-    shedding load. A second try may reach a healthy (or restarted) replica."""
-    import ray.exceptions
-    from ray.serve.exceptions import BackPressureError
-
-    return isinstance(e, ray.exceptions.RayActorError | BackPressureError)
-
-
-def _describe(e: BaseException) -> str:
-    cause = getattr(e, "cause", None)
-    if cause is not None and cause is not e:
-        e = cause
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1]}" if text else type(e).__name__

@@ -30,6 +30,13 @@ def served_artifact(args: AppArgs, root: Path | str | None = None) -> CascadeArt
         artifact = load_artifact(resolve_artifact(args.calibration.file, root), args.tier_names)
     artifact = artifact.with_thresholds(args.threshold_overrides())
     artifact.check_covers(args.tier_names)
+    if artifact.needs_router and not args.router.enabled:
+        raise ValueError(
+            f"the calibration artifact {args.calibration.file!r} scores answers with the "
+            "router's P(complex) too (its quality estimator was fitted with the router's "
+            "evidence), but router.enabled is false; enable the router, or recalibrate "
+            "without it (`python -m calibration calibrate` with a config whose router is off)"
+        )
     identity_mismatches(args, artifact, allow=args.calibration.allow_mismatch)
     return artifact
 

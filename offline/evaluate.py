@@ -34,6 +34,7 @@ import numpy as np
 
 from calibration.artifact import CascadeArtifact
 from calibration.conformal import CONFORMAL_MODES, ConformalResult, calibrate
+from calibration.feedback import feature_names
 from calibration.policy import CascadePolicyConfig
 from calibration.scores import QualityEstimator, Scorer, get_scorer
 from offline.points import (
@@ -62,12 +63,18 @@ __all__ = [
 ]
 
 
-def fit_quality_estimator(fit: EvalSplit, tier: str | None = None) -> QualityEstimator:
+def fit_quality_estimator(
+    fit: EvalSplit, tier: str | None = None, *, router_evidence: bool = True
+) -> QualityEstimator:
     """P(`tier`'s answer is wrong) (default: the cheapest tier's), fitted on that tier's
-    answers of the fit split."""
+    answers of the fit split: from the answer's logprob features and, where the split has the
+    router's verdicts and `router_evidence`, the router's P(complex) too (ex-ante beside
+    ex-post evidence; `calibration.feedback.ROUTER_FEATURES`). Serving then needs a router."""
     tier = tier or fit.tiers[0]
+    names = fit.feature_names
+    features = names if router_evidence else feature_names(fit.feedback)
     return QualityEstimator.fit(
-        fit.features[tier], ~fit.correct[tier], fit.feature_names, fit_split=fit.split
+        fit.features[tier], ~fit.correct[tier], names, features=features, fit_split=fit.split
     )
 
 
@@ -150,7 +157,8 @@ def evaluate(
     `served` (the served ladder and its artifact, fixed before `test` is seen) adds the
     `served` strategy and `summary.served`."""
     settings = settings or EvalSettings()
-    qe = fit_quality_estimator(fit)
+    routed_data = cal.router is not None and test.router is not None
+    qe = fit_quality_estimator(fit, router_evidence=routed_data)
     thresholds = conformal_thresholds(qe, cal, settings.alphas)
     routed = {}
     has_router = cal.router_p is not None and test.router_p is not None

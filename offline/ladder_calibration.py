@@ -43,21 +43,29 @@ def calibrate_ladder(
     identities: dict[str, TierIdentity] | None = None,
     where: str = "",
     mondrian: bool = False,
+    router_evidence: bool = True,
 ) -> CascadeArtifact:
     """The artifact for every tier below the top; `where` names the data (for the record).
+
+    `router_evidence`: each tier's quality estimator also sees the router's P(complex) where
+    the data has the router's verdicts (`offline.evaluate.fit_quality_estimator`); serving
+    then passes it with every answer, and refuses to start without a router.
 
     `mondrian`: each tier also gets one threshold per task type (`offline.served.task_types`),
     same mode and alpha, on that type's calibration queries among those reaching the tier,
     so each type gets the guarantee rather than only their mix (`_group_thresholds`)."""
     names, top = policy.tier_names, policy.tier_names[-1]
     types = task_types(cal) if mondrian else None
+    # the router's evidence only where both splits carry it: scores calibrated without it
+    # would all be +inf
+    router_evidence = router_evidence and fit.router is not None and cal.router is not None
     done: dict[str, CascadeCalibration] = {}
     for t, name in enumerate(names[:-1]):
         so_far = CascadeArtifact(tiers=done) if done else None
         here = replay_served(policy, so_far, cal, upto=t).reached[name]
         if not here.any():
             raise ValueError(f"no calibration query reaches tier {name!r}; more data is needed")
-        scorer = fit_quality_estimator(fit, name)
+        scorer = fit_quality_estimator(fit, name, router_evidence=router_evidence)
         scores = scorer.score_many(cal.features[name][here], cal.feature_names)
         wrong, strong_right = ~cal.correct[name][here], cal.correct[top][here]
         res = calibrate(mode, scores, alpha, wrong=wrong, strong_right=strong_right)

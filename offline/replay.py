@@ -19,7 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.feedback import FeedbackConfig, feature_matrix, feature_names
+from calibration.feedback import (
+    ROUTER_FEATURES,
+    FeedbackConfig,
+    feature_matrix,
+    feature_names,
+    router_evidence,
+)
 from calibration.generation import generation_from_dict, generation_to_dict
 from calibration.policy import TierConfig
 from models.engine import Generation
@@ -231,7 +237,13 @@ class EvalSplit:
     output_tokens: dict[str, np.ndarray] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.features = {t: feature_matrix(self.answers[t], self.feedback) for t in self.tiers}
+        # each tier's answer features, then the router's (the same for every tier: it saw the
+        # prompt, not the answer), so one named matrix serves any scorer, with or without them
+        extra = [] if self.router is None else [self.router.p_complex[:, None]]
+        self.features = {
+            t: np.concatenate([feature_matrix(self.answers[t], self.feedback), *extra], axis=1)
+            for t in self.tiers
+        }
         self.correct = {
             t: np.array([j == Judgement.correct for j in self.judgements[t]]) for t in self.tiers
         }
@@ -250,7 +262,12 @@ class EvalSplit:
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        return feature_names(self.feedback)
+        """The columns of `features`: the answer's, then `ROUTER_FEATURES` with a router."""
+        return feature_names(self.feedback) + (() if self.router is None else ROUTER_FEATURES)
+
+    def context(self, i: int) -> dict[str, float]:
+        """Request i's router evidence as serving passes it to the signal (NaN: no router)."""
+        return router_evidence(None if self.router is None else float(self.router.p_complex[i]))
 
     @property
     def wrong(self) -> np.ndarray:

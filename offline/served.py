@@ -100,7 +100,9 @@ def replay_served(
             if t >= policy.top or (upto is not None and t >= upto):
                 return _ACCEPT_FOR_NOW if t < policy.top else None
             assert artifact is not None, "an artifact is needed below `upto`"
-            return artifact.signal(names[t], data.answers[names[t]][i], task_type=kind)
+            return artifact.signal(
+                names[t], data.answers[names[t]][i], task_type=kind, context=data.context(i)
+            )
 
         outcomes.append(
             run_cascade(policy, run, signal_at, lambda t, i=i: int(data.output_tokens[names[t]][i]))

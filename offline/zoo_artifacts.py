@@ -43,8 +43,9 @@ SERVE_CONFIG_3TIER = SERVE_CONFIG.with_name("serve_config.3tier.yaml")
 # whose derived artifacts are older is re-derived (seconds), its models are kept. 4: each
 # tier's calibration records its drift reference (calibration.drift_reference). 5: and its
 # calibration sample (adaptive conformal) and model identity (checked at start-up). 6: the
-# head's ranking-margin loss at the design's margin 0.3 (was 0.1).
-DERIVED_VERSION = 6
+# head's ranking-margin loss at the design's margin 0.3 (was 0.1). 7: each tier's quality
+# estimator also sees the router's P(complex) (ex-ante evidence beside the logprobs).
+DERIVED_VERSION = 7
 
 
 def calibration_ladder(root: Path) -> AppArgs:
@@ -73,17 +74,20 @@ def build_zoo_calibration(
     n_cal: int = 2000,
     *,
     mondrian: bool = False,
+    router_evidence: bool = True,
     out: Path | None = None,
 ) -> CascadeArtifact:
     """Fit each tier's quality estimator on the validation split and calibrate its threshold
     on the calibration queries that reach it under the served policy (lower tiers first, so
     a tier's population is known before its own threshold); save `root/calibration.json`,
     or `out`. `mondrian`: per-task-family thresholds too (`calibrate_ladder`); the zoo's
-    own artifact is pooled, this is for measuring the per-type variant on the same data."""
+    own artifact is pooled, this is for measuring the per-type variant on the same data.
+    `router_evidence=False`: estimators on the logprobs alone, for measuring what the router's
+    P(complex) adds (`calibrate_ladder`)."""
     root = Path(root)
     policy = calibration_ladder(root).policy()
     names = policy.tier_names
-    fit = load_split("validation", n_fit, seed, root=root, tiers=names, router=None)
+    fit = load_split("validation", n_fit, seed, root=root, tiers=names)
     cal = load_split("calibration", n_cal, seed, root=root, tiers=names)
     models = {
         name: ModelIdentity(
@@ -101,6 +105,7 @@ def build_zoo_calibration(
         identities=zoo_identities(root, names[:-1]),
         where=f"zoo calibration split seed={seed} (fit: validation)",
         mondrian=mondrian,
+        router_evidence=router_evidence,
     )
     artifact.save(out if out is not None else root / CALIBRATION_FILE)
     return artifact

@@ -44,6 +44,17 @@ def zoo() -> Path:
 
 
 @pytest.fixture(scope="session")
+def logprobs_only_artifact(zoo, tmp_path_factory) -> Path:
+    """The zoo's artifact made the same way, but with quality estimators on the logprobs alone
+    (no router evidence): for graphs that run with the router off."""
+    from offline.zoo_artifacts import build_zoo_calibration
+
+    out = tmp_path_factory.mktemp("logprobs_only") / "calibration.json"
+    build_zoo_calibration(zoo, router_evidence=False, out=out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def hf_cheap(zoo):
     from models.hf_engine import HFEngine
 

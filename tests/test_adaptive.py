@@ -286,12 +286,11 @@ def _graph_args(artifact: Path, tokens: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def base(zoo, tmp_path_factory):
+def base(logprobs_only_artifact, tmp_path_factory):
     from deployments.local import running_app
-    from models.zoo import resolve_artifact
 
     folder = tmp_path_factory.mktemp("adaptive")
-    artifact = resolve_artifact("zoo")  # it carries every tier's calibration sample
+    artifact = logprobs_only_artifact  # the zoo's, router off; every tier's calibration sample
     (tokens := folder / "tokens").write_text(f"{TOKEN}\n")
     with running_app(_graph_args(artifact, tokens)) as (url, _):
         yield url

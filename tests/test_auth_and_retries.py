@@ -9,7 +9,7 @@ from ray.serve.exceptions import BackPressureError
 
 from calibration.config import AppArgs, AuthArgs, TierArgs
 from deployments.auth import TokenCheck, load_tokens
-from deployments.serving import retryable
+from deployments.errors import retryable
 
 
 def test_tokens_come_from_the_env_and_a_file(tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ TOKEN = "test-key-7b1f0c2e"  # a fake credential, for this test graph only
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
-def _args(tokens_file: Path) -> dict:
+def _args(tokens_file: Path, artifact: Path) -> dict:
     opts = {n: {"ray_actor_options": {"num_cpus": 0.1}} for n in ("Ingress", "Tier-cheap")}
     opts["Tier-strong"] = {"ray_actor_options": {"num_cpus": 0.1}}
     tier = {"engine": "transformers", "timeout_s": 3, "retries": 1, "retry_backoff_s": 0.1}
@@ -44,7 +44,7 @@ def _args(tokens_file: Path) -> dict:
         # No router, and a threshold every score exceeds: every cascade request starts at the
         # cheap tier and escalates, so each fault below is on the request's path.
         "router": {"enabled": False},
-        "calibration": {"file": "zoo", "threshold": -1.0},
+        "calibration": {"file": str(artifact), "threshold": -1.0},
         "limits": {
             "max_tokens": 32,
             "max_prompt_chars": 40,
@@ -57,10 +57,10 @@ def _args(tokens_file: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def base(zoo, tmp_path_factory):
+def base(logprobs_only_artifact, tmp_path_factory):
     tokens = tmp_path_factory.mktemp("auth") / "tokens"
     tokens.write_text(f"{TOKEN}\nsecond-key-0000\n")
-    with running_app(_args(tokens)) as (url, _):
+    with running_app(_args(tokens, logprobs_only_artifact)) as (url, _):
         yield url
 
 

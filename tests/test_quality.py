@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -27,8 +28,9 @@ from offline.synthetic import synthetic_split
 
 @pytest.fixture(scope="module")
 def data():
-    fit, test = synthetic_split(800, seed=1), synthetic_split(800, seed=2)
-    return fit, test
+    """Synthetic splits of the answer's features alone (FEATURE_NAMES columns): the router's
+    evidence beside them is tested in test_router_evidence.py."""
+    return tuple(dataclasses.replace(synthetic_split(800, seed=s), router=None) for s in (1, 2))
 
 
 def test_registry_names_the_required_scores():

@@ -57,6 +57,9 @@ def test_cascade_answers_a_task_prompt_with_the_answer_alone(client):
         assert routing["router"]["policy"] in ("standard", "complex")
         assert 0 <= routing["router"]["confidence"] <= 1
         assert routing["cost"] > 0 and routing["reasons"]
+        if "cheap" in routing["tiers_visited"]:  # decided with the router's evidence too
+            cheap = routing["attempts"][0]["features"]
+            assert cheap["router_p_complex"] == routing["router"]["probabilities"]["complex"]
         assert out.usage.completion_tokens >= 1
     assert right >= 10, f"only {right}/12 right through the cascade"
 

@@ -38,6 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also one threshold per task type (where a type has enough items), so each type "
         "gets the guarantee; the report then splits the held-out guarantee by type",
     )
+    c.add_argument(
+        "--no-router-evidence",
+        dest="router_evidence",
+        action="store_false",
+        help="fit each tier's quality estimator on the answer's logprobs alone, without the "
+        "router's P(complex) (used by default when the config has a router); such an artifact "
+        "also serves with the router off",
+    )
     c.add_argument("--json", action="store_true")
     c.set_defaults(run=_calibrate)
 
@@ -95,6 +103,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             identities=splits.identities,
             where=f"traces {args.traces} seed={args.seed}",
             mondrian=args.mondrian,
+            router_evidence=args.router_evidence,
         )
     except ValueError as e:
         raise SystemExit(f"cannot calibrate: {e}") from e
