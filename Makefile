@@ -38,7 +38,9 @@ zoo: install
 
 serve: zoo
 	@test -f serve_config.yaml || { echo "serve_config.yaml is not there yet (it comes with the Ray Serve graph); the zoo is built."; exit 1; }
-	RAY_AUTH_MODE=disabled $(VENV)/bin/serve run serve_config.yaml
+	# deployments.local.RAY_ENV: token auth off, Serve's throughput-optimized mode
+	RAY_AUTH_MODE=disabled RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_DIRECT_INGRESS=0 \
+		$(VENV)/bin/serve run serve_config.yaml
 
 lint: install
 	$(PY) -m ruff check .

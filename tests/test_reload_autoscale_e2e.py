@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ import pytest
 import yaml
 
 from calibration.config import SERVE_CONFIG
-from deployments.local import free_port
+from deployments.local import free_port, ray_env
 from models.tasks import sample
 
 pytestmark = pytest.mark.slow
@@ -76,7 +75,7 @@ def _serve() -> Iterator[tuple[str, Callable[[dict], None]]]:
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray_env()
     port = free_port()
     ray.init(
         address="local",
