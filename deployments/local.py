@@ -30,12 +30,11 @@ __all__ = ["RAY_ENV", "free_port", "ray_env", "running_app"]
 # two-node cluster): token auth off (Ray 2.60 turns it on by default; these clusters are
 # local), and Serve's throughput-optimized mode (user code on each replica's own event loop,
 # handle calls between replicas over gRPC, no separate router loop), less its direct ingress:
-# with that on, `serve.shutdown()` waited 30 s for the controller every time (5 s without),
-# and the latency it adds was within the noise here. Side by side with the bare app in one
-# run (`benchmarks overhead --quick`, two runs of 2 rounds each way) it cut the graph's p50
-# over bare from +5.6..8.8 to +3.2..4.7 ms for model=cheap and from +14.5..19.9 to +6.8..9.3 ms
-# for an accepted cascade request. Set before Ray starts: the proxy and the controller read it
-# too, which no application runtime_env reaches.
+# with that on, `serve.shutdown()` waited 30 s for the controller every time (5 s without).
+# Side by side with the bare app (`benchmarks overhead --quick`, 10 rounds each way, README)
+# the median p50 over bare fell from +7.5 to +4.9 ms for model=cheap and from +14.8 to +11.8
+# ms for an accepted cascade request, with overlapping ranges. Set before Ray starts: the
+# proxy and the controller read it too, which no application runtime_env reaches.
 RAY_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
