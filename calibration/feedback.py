@@ -378,7 +378,8 @@ def signal(
         else f"{name} score {score:.4g} <= threshold {threshold:.4g}: accept"
     )
     reasons = (verdict, *_diagnostics(features, config)) if escalate else (verdict,)
-    missing = [k for k in ROUTER_FEATURES if math.isnan(features.get(k, math.nan))]
-    if escalate and missing and getattr(scorer, "needs_router", False):
-        reasons = (*reasons, f"no router evidence ({', '.join(missing)}): the router gave none")
+    if escalate and getattr(scorer, "needs_router", False):
+        missing = [k for k in ROUTER_FEATURES if math.isnan(features.get(k, math.nan))]
+        if missing:
+            reasons = (*reasons, f"no router evidence ({', '.join(missing)}): the router gave none")
     return TierSignal(features, score, threshold, escalate, reasons, name)

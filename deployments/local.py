@@ -42,12 +42,11 @@ RAY_ENV = {
 }
 
 
-def ray_env() -> dict[str, str]:
+def ray_env() -> None:
     """`RAY_ENV` set in this process's environment (unless the caller set those names
-    already), so a Ray started from here inherits it; returns the environment."""
+    already), so a Ray started from here inherits it."""
     for name, value in RAY_ENV.items():
         os.environ.setdefault(name, value)
-    return dict(os.environ)
 
 
 def free_port() -> int:

@@ -157,11 +157,10 @@ def evaluate(
     `served` (the served ladder and its artifact, fixed before `test` is seen) adds the
     `served` strategy and `summary.served`."""
     settings = settings or EvalSettings()
-    routed_data = cal.router is not None and test.router is not None
-    qe = fit_quality_estimator(fit, router_evidence=routed_data)
+    has_router = cal.router_p is not None and test.router_p is not None
+    qe = fit_quality_estimator(fit, router_evidence=has_router)
     thresholds = conformal_thresholds(qe, cal, settings.alphas)
     routed = {}
-    has_router = cal.router_p is not None and test.router_p is not None
     if has_router:
         routed = router_conformal_thresholds(
             qe, cal, policy, settings.router_thresholds, settings.alphas
