@@ -179,11 +179,15 @@ async def tier_throughput(n: int, concurrency: int = 16) -> tuple[float, float]:
 
 def engine_batch_gain(n: int, batch: int = 16) -> tuple[float, float]:
     """The cheap engine's prompts/s one at a time and `batch` per call: the most any serving
-    layer's batching could win on this model."""
+    layer's batching could win on this model. One torch thread, as in the replicas
+    (`deployments.local`: OMP_NUM_THREADS=1)."""
+    import torch
+
     from models.engine import SamplingSettings
     from models.hf_engine import HFEngine
     from models.zoo import resolve
 
+    torch.set_num_threads(1)
     engine = HFEngine(resolve("zoo:cheap"))
     settings = SamplingSettings(max_tokens=10, top_logprobs=5)
     texts = [
