@@ -61,7 +61,7 @@ class RouterSpec:
     # Train-split queries both LMs answer to make the router's labels. The router learns the
     # cheap LM's own failures, a function of the query it needs many examples of: on the test
     # split its AUROC for them outside `rev` was 0.81 from 4000 labels x 6 epochs, 0.90 from
-    # 16000 x 12, 0.92 from 64000 x 12 (labelling ~65 s, training ~140 s on 2 cores).
+    # 16000 x 12, 0.92 from 64000 x 12 (labelling ~65 s, training 140-190 s on 2 cores).
     label_queries: int = 64000
     epochs: int = 12
     batch: int = 128
