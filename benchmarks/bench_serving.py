@@ -20,6 +20,8 @@ import argparse
 import asyncio
 import statistics
 import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -28,9 +30,13 @@ import numpy as np
 from benchmarks.bench_load import replica_counts, run_load
 from benchmarks.tables import table
 from deployments.local import running_app
+from models.engine import SamplingSettings
+from models.prompting import render_prompt
 from models.tasks import sample
 
 TIERS = ("cheap", "strong")
+# What every request here asks of the cheap tier, over HTTP (`_chat`), at its handle and direct.
+SETTINGS = SamplingSettings(max_tokens=10, top_logprobs=5)
 
 
 def _args(max_batch_size: int = 16, autoscale: bool = False) -> dict[str, Any]:
@@ -80,7 +86,11 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def _chat(model: str, prompt: str) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 10}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": SETTINGS.max_tokens,
+    }
 
 
 async def _timed(client: httpx.AsyncClient, base: str, body: dict) -> float:
@@ -91,20 +101,12 @@ async def _timed(client: httpx.AsyncClient, base: str, body: dict) -> float:
 
 
 async def overhead(base: str, n: int) -> str:
-    from models.engine import SamplingSettings
-    from models.hf_engine import HFEngine
-    from models.zoo import resolve
-
     prompts = [t.prompt for t in sample("test", n, seed=5)]
-    engine = HFEngine(resolve("zoo:cheap"))
-    settings = SamplingSettings(max_tokens=10, top_logprobs=5)
+    engine = _cheap_engine()
     direct = []
-    for p in prompts:
-        text = engine.tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-        )
+    for text in _rendered(engine, prompts):
         t0 = time.perf_counter()
-        engine.generate_sync([text], settings)
+        engine.generate_sync([text], SETTINGS)
         direct.append(time.perf_counter() - t0)
     rows = [
         ["engine direct (cheap)", f"{_pct(direct, 50):.1f}", f"{_pct(direct, 95):.1f}", "-", "-"]
@@ -129,23 +131,45 @@ async def overhead(base: str, n: int) -> str:
     )
 
 
+def _cheap_engine():
+    from models.hf_engine import HFEngine
+    from models.zoo import resolve
+
+    return HFEngine(resolve("zoo:cheap"))
+
+
+def _rendered(engine, prompts: list[str]) -> list[str]:
+    """Each prompt as the tier renders a one-message chat (`models.prompting`)."""
+    return [
+        render_prompt(engine.tokenizer, messages=({"role": "user", "content": p},)) for p in prompts
+    ]
+
+
+async def _closed_loop(
+    send: Callable[[Any], Awaitable[Any]], items: list[Any], concurrency: int
+) -> tuple[float, float]:
+    """Requests/s and median latency of `items` sent by `concurrency` closed-loop workers."""
+    queue, lat = deque(items), []
+
+    async def worker() -> None:
+        while queue:
+            item = queue.popleft()
+            t0 = time.perf_counter()
+            await send(item)
+            lat.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(items) / (time.perf_counter() - t0), statistics.median(lat)
+
+
 async def throughput(base: str, n: int, concurrency: int = 16) -> tuple[float, float]:
     prompts = [t.prompt for t in sample("test", n, seed=6)]
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for p in prompts:
-        queue.put_nowait(p)
-    lat: list[float] = []
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        while not queue.empty():
-            lat.append(await _timed(client, base, _chat("cheap", queue.get_nowait())))
-
     async with httpx.AsyncClient() as client:
         await _timed(client, base, _chat("cheap", "1+1"))  # warm
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return n / wall, statistics.median(lat)
+        return await _closed_loop(
+            lambda p: _timed(client, base, _chat("cheap", p)), prompts, concurrency
+        )
 
 
 async def tier_throughput(n: int, concurrency: int = 16) -> tuple[float, float]:
@@ -154,27 +178,14 @@ async def tier_throughput(n: int, concurrency: int = 16) -> tuple[float, float]:
     from ray import serve
 
     from deployments.llm import TierRequest
-    from models.engine import SamplingSettings
 
     handle = serve.get_deployment_handle("Tier-cheap", app_name="cascade")
-    settings = SamplingSettings(max_tokens=10, top_logprobs=5)
-    queue = [
-        TierRequest(settings=settings, messages=({"role": "user", "content": t.prompt},))
+    requests = [
+        TierRequest(settings=SETTINGS, messages=({"role": "user", "content": t.prompt},))
         for t in sample("test", n, seed=6)
     ]
-    await handle.generate.remote(queue[-1])  # warm
-    lat: list[float] = []
-
-    async def worker() -> None:
-        while queue:
-            request = queue.pop()
-            t0 = time.perf_counter()
-            await handle.generate.remote(request)
-            lat.append(time.perf_counter() - t0)
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return n / (time.perf_counter() - t0), statistics.median(lat)
+    await handle.generate.remote(requests[-1])  # warm
+    return await _closed_loop(lambda r: handle.generate.remote(r), requests, concurrency)
 
 
 def engine_batch_gain(n: int, batch: int = 16) -> tuple[float, float]:
@@ -183,25 +194,15 @@ def engine_batch_gain(n: int, batch: int = 16) -> tuple[float, float]:
     (`deployments.local`: OMP_NUM_THREADS=1)."""
     import torch
 
-    from models.engine import SamplingSettings
-    from models.hf_engine import HFEngine
-    from models.zoo import resolve
-
     torch.set_num_threads(1)
-    engine = HFEngine(resolve("zoo:cheap"))
-    settings = SamplingSettings(max_tokens=10, top_logprobs=5)
-    texts = [
-        engine.tokenizer.apply_chat_template(
-            [{"role": "user", "content": t.prompt}], tokenize=False, add_generation_prompt=True
-        )
-        for t in sample("test", n, seed=6)
-    ]
-    engine.generate_sync(texts[:batch], settings)  # warm
+    engine = _cheap_engine()
+    texts = _rendered(engine, [t.prompt for t in sample("test", n, seed=6)])
+    engine.generate_sync(texts[:batch], SETTINGS)  # warm
     rates = []
     for size in (1, batch):
         t0 = time.perf_counter()
         for i in range(0, n, size):
-            engine.generate_sync(texts[i : i + size], settings)
+            engine.generate_sync(texts[i : i + size], SETTINGS)
         rates.append(n / (time.perf_counter() - t0))
     return rates[0], rates[1]
 
