@@ -42,7 +42,7 @@ import yaml
 
 from benchmarks.bench_throughput import rps_at
 from benchmarks.tables import table
-from deployments.local import RAY_ENV, free_port
+from deployments.local import RAY_ENV, WORKER_ENV, free_port
 from models.tasks import sample
 
 __all__ = ["cli", "main"]
@@ -66,8 +66,7 @@ def _ray(*args: str, env: dict[str, str]) -> None:
 @contextmanager
 def two_node_cluster():
     """Yield (gcs address, dashboard URL, env) of a head and a worker node on 127.0.0.1."""
-    env = {**os.environ, **RAY_ENV, "PYTHONPATH": str(ROOT)}
-    env.update(TORCHDYNAMO_DISABLE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env = {**os.environ, **RAY_ENV, **WORKER_ENV, "PYTHONPATH": str(ROOT)}
     port, dash = free_port(), free_port()
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
     _ray(

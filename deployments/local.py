@@ -24,7 +24,15 @@ from calibration.config import AppArgs
 
 REPO = Path(__file__).resolve().parents[1]
 
-__all__ = ["RAY_ENV", "free_port", "ray_env", "running_app"]
+__all__ = ["RAY_ENV", "WORKER_ENV", "free_port", "ray_env", "running_app"]
+
+# What the replicas' processes get (torch.compile off and one thread each: two cores shared by
+# every replica), in `running_app`'s runtime_env and in the two-node cluster's environment.
+WORKER_ENV = {
+    "TORCHDYNAMO_DISABLE": "1",
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 # What every Ray process this project starts gets (tests, benchmarks, `make serve`, the
 # two-node cluster): token auth off (Ray 2.60 turns it on by default; these clusters are
@@ -84,13 +92,7 @@ def running_app(
         include_dashboard=False,
         _metrics_export_port=metrics_port,
         _system_config={"metrics_report_interval_ms": 1000},
-        runtime_env={
-            "env_vars": {
-                "TORCHDYNAMO_DISABLE": "1",
-                "OMP_NUM_THREADS": "1",
-                "TOKENIZERS_PARALLELISM": "false",
-            }
-        },
+        runtime_env={"env_vars": dict(WORKER_ENV)},
         logging_level="WARNING",
         log_to_driver=not quiet,
     )
