@@ -2,7 +2,8 @@
 
 Each family reduces to per-request decisions (a start tier, escalate flags per tier) replayed
 by `offline.points.replay` (so through `CascadeRun`), except `served`, which is the served
-policy itself replayed by `offline.served.replay_served`.
+policy itself replayed by `offline.served.replay_served`, and `served_hindsight`, the same with
+its cheapest threshold picked on the split (`offline.hindsight`, a diagnostic).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from calibration.artifact import CascadeArtifact
 from calibration.conformal import ConformalResult, empirical
 from calibration.policy import CascadePolicyConfig
 from calibration.scores import FEATURE_SCORERS, QualityEstimator, Scorer, get_scorer
+from offline.hindsight import hindsight_point
 from offline.points import (
     EvalSettings,
     OperatingPoint,
@@ -27,6 +29,7 @@ from offline.points import (
 )
 from offline.replay import EvalSplit
 from offline.served import realised_guarantees, replay_served
+from offline.summary import ACC_GAP
 
 __all__ = ["served_point", "strategies"]
 
@@ -62,6 +65,9 @@ def strategies(
     pts.append(point("oracle", "oracle", oracle))
     if served is not None:
         pts.append(served_point(*served, test, unit=pts[1].cost_raw))
+        hindsight = hindsight_point(*served, test, unit=pts[1].cost_raw, max_gap=ACC_GAP)
+        if hindsight is not None:
+            pts.append(hindsight)
     return pts
 
 

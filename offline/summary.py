@@ -101,7 +101,8 @@ def summary(points: list[OperatingPoint], test: EvalSplit, policy: CascadePolicy
     weak, strong = by_name["always_cheap"].accuracy, by_name["always_strong"].accuracy
     strong_cost = by_name["always_strong"].cost  # 1.0: costs are normalised to it
     fams = _family_metrics(points, weak, strong)
-    curves = {f: m for f, m in fams.items() if m["points"] >= 3 and f not in ("oracle", "served")}
+    single = ("oracle", "served", "served_hindsight")
+    curves = {f: m for f, m in fams.items() if m["points"] >= 3 and f not in single}
     best_family = max(curves, key=lambda f: curves[f]["apgr"]) if curves else None
 
     def described(p: OperatingPoint | None) -> dict | None:
@@ -135,7 +136,7 @@ def summary(points: list[OperatingPoint], test: EvalSplit, policy: CascadePolicy
     }
     out.update(_comparisons(points, by_name, strong_cost, weak, strong, described))
     if out["served"] is not None:
-        out["served_vs_targets"] = _served_targets(out, fams)
+        out["served_vs_targets"] = _served_targets(out, fams, by_name.get("served_hindsight"))
     return out
 
 
@@ -153,12 +154,14 @@ def _served(served: dict | None) -> dict | None:
 
 # The issue's bar for the served policy: accuracy within 0.02 of always-strong at a cost of at
 # most 1.15x the oracle's, and APGR at least 0.9x the oracle's.
-_ACC_GAP, _COST_RATIO, _APGR_RATIO = 0.02, 1.15, 0.9
+ACC_GAP, _COST_RATIO, _APGR_RATIO = 0.02, 1.15, 0.9
 
 
-def _served_targets(out: dict, fams: dict) -> dict:
+def _served_targets(out: dict, fams: dict, hindsight: OperatingPoint | None) -> dict:
     """The served point against always-strong and the oracle (cost in always-strong units;
-    the served APGR is its one-point curve's, closed by the always-cheap/strong ends)."""
+    the served APGR is its one-point curve's, closed by the always-cheap/strong ends), and
+    the same policy with its cheapest threshold picked in hindsight on this split
+    (`offline.hindsight`: where the served cost above the oracle comes from)."""
     served, oracle = out["served"], out["oracle"]
     apgr_served = fams["served"]["apgr"]
     cost_ratio = served["cost"] / oracle["cost"] if oracle["cost"] else math.nan
@@ -174,10 +177,23 @@ def _served_targets(out: dict, fams: dict) -> dict:
         "served_apgr": apgr_served,
         "oracle_apgr": oracle["apgr"],
         "apgr_vs_oracle": apgr_ratio,
-        "accuracy_and_cost_met": bool(gap <= _ACC_GAP and cost_ratio <= _COST_RATIO),
+        "accuracy_and_cost_met": bool(gap <= ACC_GAP and cost_ratio <= _COST_RATIO),
         "apgr_met": bool(apgr_ratio >= _APGR_RATIO),
-        "bar": f"accuracy within {_ACC_GAP} of always-strong at cost <= {_COST_RATIO}x the "
+        "bar": f"accuracy within {ACC_GAP} of always-strong at cost <= {_COST_RATIO}x the "
         f"oracle's; APGR >= {_APGR_RATIO}x the oracle's",
+        "hindsight": None
+        if hindsight is None
+        else {
+            "threshold": hindsight.params["threshold"],
+            "tier": hindsight.params["tier"],
+            "accuracy": hindsight.accuracy,
+            "cost": hindsight.cost,
+            "cost_vs_oracle": hindsight.cost / oracle["cost"] if oracle["cost"] else math.nan,
+            "note": "the served policy with its cheapest tier's threshold picked on this split "
+            f"for the least cost within {ACC_GAP} of always-strong: optimistic by "
+            "construction, never served; served - hindsight is the price of fixing the "
+            "threshold beforehand, hindsight - oracle the price of the evidence",
+        },
     }
 
 

@@ -23,6 +23,7 @@ from offline.evaluate import (
     router_start,
 )
 from offline.head_value import HeadValueSettings, head_value, verdict_alone
+from offline.hindsight import hindsight_point
 from offline.ladder_calibration import calibrate_ladder
 from offline.replay import (
     RouterRows,
@@ -376,6 +377,27 @@ def test_served_guarantee_per_task_type_is_the_tier_guarantee_split_by_type(spli
         s["families"]["served"]["apgr"] / s["oracle"]["apgr"]
     )
     assert isinstance(t["accuracy_and_cost_met"], bool) and isinstance(t["apgr_met"], bool)
+
+
+@pytest.mark.parametrize("max_gap", [0.0, 0.02, 0.05])
+def test_hindsight_is_the_cheapest_served_threshold_within_the_gap(splits, served, max_gap):
+    policy, artifact = served
+    test = splits["test"]
+    unit = 2.0  # always-strong's raw cost in the evaluation; any positive unit here
+    h = hindsight_point(policy, artifact, test, unit, max_gap)
+    assert h is not None
+    strong = test.correct["strong"].mean()
+    assert strong - h.accuracy <= max_gap + 1e-12
+    # the picked threshold, served through the one replay path, is exactly that point
+    again = replay_served(policy, artifact.with_thresholds({"cheap": h.params["threshold"]}), test)
+    assert again.accuracy == pytest.approx(h.accuracy)
+    assert again.cost.mean() == pytest.approx(h.cost_raw)
+    assert h.cost == pytest.approx(h.cost_raw / unit)
+    # no threshold within the gap is cheaper: the served one included, when it qualifies
+    for t in (artifact.tiers["cheap"].threshold, 0.0, 0.25, 0.5, 0.75, 1.0):
+        run = replay_served(policy, artifact.with_thresholds({"cheap": t}), test)
+        if strong - run.accuracy <= max_gap:
+            assert h.cost_raw <= run.cost.mean() + 1e-12, t
 
 
 def test_head_value_matches_accuracy_on_calibration_and_compares_on_test(splits, served):

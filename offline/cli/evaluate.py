@@ -101,6 +101,13 @@ def _served_text(s: dict) -> list[str]:
             f"{t['apgr_vs_oracle']:.2f}x oracle's; accuracy+cost met "
             f"{t['accuracy_and_cost_met']}, APGR met {t['apgr_met']}"
         )
+        if t.get("hindsight"):
+            h = t["hindsight"]
+            lines.append(
+                f"hindsight (threshold picked on this split, never served): {h['tier']} "
+                f"threshold {h['threshold']:.4g}, acc {h['accuracy']:.3f}, cost "
+                f"{h['cost_vs_oracle']:.2f}x oracle's"
+            )
     lines.append(f"{'task type':10s} {'tier':8s} {'n':>6s} {'realised':>9s} target")
     rows = [("all", tier, g) for tier, g in p["params"].get("guarantee", {}).items()]
     rows += [(k, tier, g) for k, by in p.get("per_task_type", {}).items() for tier, g in by.items()]
