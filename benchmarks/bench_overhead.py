@@ -7,8 +7,11 @@ rounds: `bare` (the cheap model in a one-deployment app), `forced` (the graph, m
 proxy, ingress, tier), `forced_strong` (model=strong: the strong tier's own time) and
 `cascade` (model=cascade), whose requests are told apart by their routing record into
 `cascade_accept` (the cheap answer kept), `cascade_escalate` (cheap, then strong) and
-`cascade_direct` (the router sent it straight to the top). `--json` prints each arm's
-`p50_ms`, `p95_ms`, `n` over all rounds, and per round the p50 differences against `bare`.
+`cascade_direct` (the router sent it straight to the top); and the floor, `hop0` and `hop1`
+(`benchmarks.hop_floor`: no model, no hop and one Serve hop). `--json` prints each arm's
+`p50_ms`, `p95_ms`, `n` over all rounds, and per round the p50 differences against `bare`,
+one hop's price (`hop_ms`: hop1 - hop0) and what each graph arm adds beyond the hops its path
+crosses that the bare app's does not (`beyond_hops_ms`: p50 - bare - hops x hop_ms).
 """
 
 from __future__ import annotations
@@ -23,8 +26,24 @@ from models.tasks import sample
 
 __all__ = ["cli", "main"]
 
-SENT = {"bare": "bare", "forced": "cheap", "forced_strong": "strong", "cascade": "cascade"}
+SENT = {
+    "bare": "bare",
+    "forced": "cheap",
+    "forced_strong": "strong",
+    "cascade": "cascade",
+    "hop0": "hop0",
+    "hop1": "hop1",
+}
 REPORTED = ("bare", "forced", "forced_strong", "cascade_accept", "cascade_escalate")
+# Serve hops each arm's path crosses beyond the bare app's proxy -> replica: the ingress's
+# call to each tier it visits and, for model=cascade, to the router first.
+EXTRA_HOPS = {
+    "forced": 1,
+    "forced_strong": 1,
+    "cascade_accept": 2,
+    "cascade_escalate": 3,
+    "cascade_direct": 2,
+}
 
 
 def _cascade_arm(body: dict) -> str:
@@ -60,12 +79,18 @@ def measure(arms: Arms, rounds: int, n: int) -> dict:
                 pooled.setdefault(name, []).extend(xs)
             stats = {name: percentiles(xs) for name, xs in lat.items()}
             bare = stats["bare"]["p50_ms"]
+            hop = stats["hop1"]["p50_ms"] - stats["hop0"]["p50_ms"]
+            over = {name: s["p50_ms"] - bare for name, s in stats.items()}
             per_round.append(
                 {
                     "round": k,
                     **{name: s for name, s in stats.items()},
-                    "p50_minus_bare_ms": {
-                        name: round(s["p50_ms"] - bare, 2) for name, s in stats.items()
+                    "p50_minus_bare_ms": {name: round(d, 2) for name, d in over.items()},
+                    "hop_ms": round(hop, 2),
+                    "beyond_hops_ms": {
+                        name: round(over[name] - hops * hop, 2)
+                        for name, hops in EXTRA_HOPS.items()
+                        if name in over
                     },
                 }
             )
@@ -77,19 +102,38 @@ def measure(arms: Arms, rounds: int, n: int) -> dict:
 
 def _print(result: dict) -> None:
     rows = []
-    for name in (*REPORTED, "cascade_direct"):
+    rounds = result["per_round"]
+    for name in (*REPORTED, "cascade_direct", "hop0", "hop1"):
         if name not in result:
             continue
-        diffs = [r["p50_minus_bare_ms"][name] for r in result["per_round"] if name in r]
+        diffs = [r["p50_minus_bare_ms"][name] for r in rounds if name in r]
+        beyond = [r["beyond_hops_ms"][name] for r in rounds if name in r["beyond_hops_ms"]]
         s = result[name]
         rows.append(
-            [name, s["n"], s["p50_ms"], s["p95_ms"], spread(diffs) if name != "bare" else "-"]
+            [
+                name,
+                s["n"],
+                s["p50_ms"],
+                s["p95_ms"],
+                spread(diffs) if name != "bare" else "-",
+                EXTRA_HOPS.get(name, "-"),
+                spread(beyond) if beyond else "-",
+            ]
         )
     title = (
         f"overhead: engine {result['engine']}, {result['rounds']} interleaved rounds of "
-        f"{result['prompts']} prompts, 1 client"
+        f"{result['prompts']} prompts, 1 client; one Serve hop (hop1 - hop0) "
+        f"{spread([r['hop_ms'] for r in rounds])} ms"
     )
-    header = ["arm", "n", "p50 ms", "p95 ms", "p50 - bare, ms: median (range) over rounds"]
+    header = [
+        "arm",
+        "n",
+        "p50 ms",
+        "p95 ms",
+        "p50 - bare, ms: median (range) over rounds",
+        "hops beyond bare",
+        "beyond those hops, ms",
+    ]
     print(table(title, header, rows))
 
 

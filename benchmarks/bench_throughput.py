@@ -5,8 +5,14 @@
 Closed-loop clients (each sends its next request when the last is answered) at 1 and at 16
 concurrent clients; per round every arm runs once at each concurrency, the arms' order rotated
 round by round. Arms: `bare` (the cheap model in a one-deployment app), `graph` (model=cascade,
-the served policy) and `forced` (model=cheap through the graph). `--json` prints each arm's
-`rps_1` and `rps_16` (medians over rounds), and per round each graph arm's ratio to `bare`.
+the served policy), `forced` (model=cheap through the graph), and the model-free `hop0` / `hop1`
+(`benchmarks.hop_floor`: what one Serve hop costs when nothing else does). `--json` prints each
+arm's `rps_1` and `rps_16` (medians over rounds), per round each arm's ratio to `bare`, and
+`cpu_ms_per_request_16`: at 16 clients, the CPU milliseconds one answered request cost each
+process role (`benchmarks.cpu_meter`: proxy, ingress, router, each tier and its engine, the
+bare app, Ray's own processes, the clients), medians over rounds, with `cores_busy`. On a
+machine the arms saturate, rps is about the cores over that total, so the split says what a
+ratio to `bare` is made of.
 """
 
 from __future__ import annotations
@@ -17,23 +23,28 @@ import time
 
 import httpx
 
+from benchmarks.cpu_meter import CpuMeter
 from benchmarks.side_by_side import Arms, arms_parser, chat, report, spread
 from benchmarks.tables import table
 from models.tasks import sample
 
 __all__ = ["cli", "main", "rps_at"]
 
-SENT = {"bare": "bare", "graph": "cascade", "forced": "cheap"}
+SENT = {"bare": "bare", "graph": "cascade", "forced": "cheap", "hop0": "hop0", "hop1": "hop1"}
 CLIENTS = (1, 16)
-
-
-async def _rps(arms: Arms, arm: str, prompts: list[str], clients: int, seconds: float) -> float:
-    return await rps_at(arms.url(arm), SENT[arm], prompts, clients, seconds)
 
 
 async def rps_at(url: str, model: str, prompts: list[str], clients: int, seconds: float) -> float:
     """Answered requests per second at `url` over `seconds` from `clients` closed-loop clients
     (every status but 200 is an error); shared with `benchmarks cluster`."""
+    done, elapsed = await answered_at(url, model, prompts, clients, seconds)
+    return done / elapsed
+
+
+async def answered_at(
+    url: str, model: str, prompts: list[str], clients: int, seconds: float
+) -> tuple[int, float]:
+    """(answered requests, seconds they took) from `clients` closed-loop clients."""
     done = 0
     stop = time.perf_counter() + seconds
 
@@ -50,19 +61,27 @@ async def rps_at(url: str, model: str, prompts: list[str], clients: int, seconds
     async with httpx.AsyncClient(timeout=120, limits=limits) as c:
         t0 = time.perf_counter()
         await asyncio.gather(*(client(c, k) for k in range(clients)))
-        return done / (time.perf_counter() - t0)
+        return done, time.perf_counter() - t0
 
 
 def measure(arms: Arms, rounds: int, seconds: float) -> dict:
     prompts = [t.prompt for t in sample("test", 200, seed=22)]
     per_round = []
     order = list(SENT)
+    meter = CpuMeter()
     for k in range(rounds):
-        row: dict = {"round": k}
+        row: dict = {"round": k, "cpu_ms_per_request_16": {}}
         for clients in CLIENTS:
             for arm in order[k % len(order) :] + order[: k % len(order)]:
-                rps = asyncio.run(_rps(arms, arm, prompts, clients, seconds))
-                row.setdefault(arm, {})[f"rps_{clients}"] = round(rps, 2)
+                before = meter.snapshot()
+                done, elapsed = asyncio.run(
+                    answered_at(arms.url(arm), SENT[arm], prompts, clients, seconds)
+                )
+                row.setdefault(arm, {})[f"rps_{clients}"] = round(done / elapsed, 2)
+                if clients == CLIENTS[-1]:
+                    spent = meter.since(before)
+                    row["cpu_ms_per_request_16"][arm] = _per_request(spent, done)
+                    row[arm]["cores_busy_16"] = round(sum(spent.values()) / elapsed, 2)
         row["vs_bare"] = {
             arm: {
                 f"rps_{c}": round(row[arm][f"rps_{c}"] / row["bare"][f"rps_{c}"], 3)
@@ -78,8 +97,25 @@ def measure(arms: Arms, rounds: int, seconds: float) -> dict:
             f"rps_{c}": round(statistics.median(r[arm][f"rps_{c}"] for r in per_round), 2)
             for c in CLIENTS
         }
+    out["cpu_ms_per_request_16"] = {
+        arm: _median_split([r["cpu_ms_per_request_16"][arm] for r in per_round]) for arm in SENT
+    }
     out["per_round"] = per_round
     return out
+
+
+def _per_request(spent: dict[str, float], done: int) -> dict[str, float]:
+    """CPU ms per answered request, by role, and their `total` (roles under 0.05 ms dropped)."""
+    ms = {role: 1000 * sec / max(done, 1) for role, sec in spent.items()}
+    out = {role: round(v, 2) for role, v in sorted(ms.items()) if v >= 0.05}
+    out["total"] = round(sum(ms.values()), 2)
+    return out
+
+
+def _median_split(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per role, the median over rounds (a role absent in a round counts 0 there)."""
+    roles = sorted({r for row in rows for r in row})
+    return {r: round(statistics.median(row.get(r, 0.0) for row in rows), 2) for r in roles}
 
 
 def _print(result: dict) -> None:
@@ -109,6 +145,15 @@ def _print(result: dict) -> None:
         "vs bare, 16 (median, range)",
     ]
     print(table(title, header, rows))
+    split = result["cpu_ms_per_request_16"]
+    roles = sorted({r for row in split.values() for r in row} - {"total"})
+    print(
+        table(
+            "CPU ms per answered request at 16 clients, by process role (median over rounds)",
+            ["arm", "total", *roles],
+            [[arm, split[arm]["total"], *(split[arm].get(r, 0.0) for r in roles)] for arm in split],
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:

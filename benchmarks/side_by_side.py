@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 
 from benchmarks.bare_app import bare_app
+from benchmarks.hop_floor import hop_apps
 from calibration.config import AppArgs
 from deployments.local import running_app
 from models.loading import engine_kind
@@ -31,14 +32,15 @@ BARE_PREFIX = "/bare"
 
 @dataclass(frozen=True)
 class Arms:
-    """Where each arm answers: the graph at `base`, the bare app at `bare`."""
+    """Where each arm answers: the graph at `base`; a reference app (`bare`, and the
+    model-free `hop0` and `hop1` of `benchmarks.hop_floor`) at its own URL in `refs`."""
 
     base: str
-    bare: str
+    refs: dict[str, str]
     engine: str
 
     def url(self, arm: str) -> str:
-        return f"{self.bare if arm == 'bare' else self.base}/v1/chat/completions"
+        return f"{self.refs.get(arm, self.base)}/v1/chat/completions"
 
 
 def chat(model: str, prompt: str, max_tokens: int = 10) -> dict:
@@ -52,7 +54,8 @@ def chat(model: str, prompt: str, max_tokens: int = 10) -> dict:
 def _wait_answering(arms: Arms, prompt: str, wait_s: float) -> None:
     """/healthz is liveness only: wait until every arm answers a real request."""
     deadline = time.time() + wait_s
-    for arm, model in (("bare", "bare"), ("graph", "cascade"), ("graph", "strong")):
+    arms_models = [(arm, arm) for arm in arms.refs] + [("graph", "cascade"), ("graph", "strong")]
+    for arm, model in arms_models:
         while True:
             try:
                 r = httpx.post(arms.url(arm), json=chat(model, prompt), timeout=60)
@@ -70,8 +73,8 @@ def arms_running(
     engine: str = "auto", wait_s: float = 600, speculate: bool = False
 ) -> Iterator[Arms]:
     """serve_config.yaml's graph (its deployments, autoscaling included) with every tier on
-    `engine` (and `router.speculate` as given), and the bare app on the cheap tier's model and
-    engine settings, side by side."""
+    `engine` (and `router.speculate` as given), the bare app on the cheap tier's model and
+    engine settings, and the two model-free apps that price one Serve hop, side by side."""
     args = AppArgs.from_serve_config()
     kind = engine_kind(engine)
     tiers = [t.model_copy(update={"engine": kind}) for t in args.tiers]
@@ -79,11 +82,10 @@ def arms_running(
     args = args.model_copy(update={"tiers": tiers, "router": router})
     cheap = tiers[0]
     bare = bare_app(cheap.model, kind, cheap.engine_kwargs, args.limits.top_logprobs)
-    with running_app(args, quiet=True, wait_s=wait_s, extra_apps={"bare": (bare, BARE_PREFIX)}) as (
-        base,
-        _,
-    ):
-        arms = Arms(base=base, bare=f"{base}{BARE_PREFIX}", engine=kind)
+    extra = {"bare": (bare, BARE_PREFIX), **hop_apps()}
+    with running_app(args, quiet=True, wait_s=wait_s, extra_apps=extra) as (base, _):
+        refs = {name: f"{base}{prefix}" for name, (_, prefix) in extra.items()}
+        arms = Arms(base=base, refs=refs, engine=kind)
         _wait_answering(arms, "12+7", wait_s)
         yield arms
 

@@ -40,8 +40,24 @@ def test_overhead_and_throughput_report_every_arm(arms):
     cascade = [a for a in ("cascade_accept", "cascade_escalate", "cascade_direct") if a in over]
     assert sum(over[a]["n"] for a in cascade) == 6  # every cascade request told apart
     assert set(over["per_round"][0]["p50_minus_bare_ms"]) >= {"forced", *cascade}
+    # the floor in the same run: a model-free app with and without one Serve hop
+    for arm in ("hop0", "hop1"):
+        assert over[arm]["n"] == 6 and over[arm]["p50_ms"] < over["bare"]["p50_ms"]
+    first = over["per_round"][0]
+    assert first["hop_ms"] == pytest.approx(first["hop1"]["p50_ms"] - first["hop0"]["p50_ms"])
+    assert first["beyond_hops_ms"]["forced"] == pytest.approx(
+        first["p50_minus_bare_ms"]["forced"] - first["hop_ms"], abs=0.02
+    )
 
     thr = bench_throughput.measure(arms, rounds=1, seconds=1.0)
-    for arm in ("bare", "graph", "forced"):
+    for arm in ("bare", "graph", "forced", "hop0", "hop1"):
         assert thr[arm]["rps_1"] > 0 and thr[arm]["rps_16"] > 0
     assert thr["per_round"][0]["vs_bare"]["graph"]["rps_16"] > 0
+    # where the CPU went: the bare app's requests cost its replica CPU, the graph's the
+    # ingress's and the router's; every split adds up to its total
+    cpu = thr["per_round"][0]["cpu_ms_per_request_16"]
+    assert cpu["bare"]["bare"] > 0 and cpu["graph"]["ingress"] > 0 and cpu["graph"]["router"] > 0
+    assert cpu["forced"]["tier-cheap"] > 0 and cpu["hop1"]["hop"] > 0
+    for split in cpu.values():
+        parts = sum(v for k, v in split.items() if k != "total")
+        assert parts == pytest.approx(split["total"], abs=0.05 * len(split))
