@@ -1,10 +1,9 @@
 """All benchmarks, printed as tables: `make bench` (python -m benchmarks [--quick]
 [--soak-minutes M]). The soak runs 5 minutes here (2 with --quick); `--soak-minutes 30` is
 issue 12's full soak (a replica killed every 5 minutes). One benchmark alone, with its own
-options: `python -m benchmarks soak|fuzz|overhead|throughput|cluster|head-value|gpu-router|gpu-vllm`
-(see bench_soak.py, bench_fuzz.py, bench_overhead.py, bench_throughput.py, bench_cluster.py,
-bench_head_value.py, bench_gpu_router.py, bench_gpu_vllm.py; the last two are GPU checks, run by
-scripts/gpu_check.sh)."""
+options: `python -m benchmarks <name>`, name one of soak, fuzz, overhead, throughput, cluster,
+head-value, frontier, gpu-router, gpu-vllm (see `SUBCOMMANDS`; the last two are GPU checks,
+run by scripts/gpu_check.sh)."""
 
 from __future__ import annotations
 
@@ -21,6 +20,7 @@ SUBCOMMANDS = {
     "throughput": "benchmarks.bench_throughput",
     "cluster": "benchmarks.bench_cluster",
     "head-value": "benchmarks.bench_head_value",
+    "frontier": "benchmarks.bench_frontier",
     # not in `make bench`: sized for a GPU (scripts/gpu_check.sh); `--size tiny` runs on a CPU
     "gpu-router": "benchmarks.bench_gpu_router",
     "gpu-vllm": "benchmarks.bench_gpu_vllm",
@@ -61,6 +61,8 @@ def main() -> None:
     importlib.import_module("benchmarks.bench_cluster").main(["--rounds", "1" if quick else "2"])
     print("\n== the confidence head's value: head vs the router's verdict alone ==", flush=True)
     importlib.import_module("benchmarks.bench_head_value").main(["--seeds", "0"] if quick else [])
+    print("\n== how close a threshold gets to the oracle, every seed at once ==", flush=True)
+    importlib.import_module("benchmarks.bench_frontier").main([])
     print("\n== serving vs offline evaluation ==", flush=True)
     bench_agreement.main(["--n", "100"] if quick else [])
     print("\n== drift monitor on replayed traffic ==", flush=True)

@@ -17,16 +17,66 @@ every finite score. A threshold t then keeps a request's accepted branch where i
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from calibration.artifact import CascadeArtifact
 from calibration.policy import CascadePolicyConfig
-from offline.points import OperatingPoint
+from offline.points import OperatingPoint, replay
 from offline.replay import EvalSplit
 from offline.served import replay_served
 
-__all__ = ["hindsight_point"]
+__all__ = ["ThresholdSweep", "hindsight_point", "one_threshold_for_all", "threshold_sweep"]
+
+
+@dataclass(frozen=True)
+class ThresholdSweep:
+    """The served policy on one split at each of `thresholds` for its cheapest tier: per
+    threshold, accuracy, mean raw cost, escalation rate and share of requests at the top."""
+
+    thresholds: np.ndarray
+    accuracy: np.ndarray
+    cost_raw: np.ndarray
+    escalation: np.ndarray
+    strong_share: np.ndarray
+    scores: np.ndarray  # each request's cheapest-tier score (NaN: never scored there)
+
+
+def threshold_sweep(
+    policy: CascadePolicyConfig,
+    artifact: CascadeArtifact,
+    data: EvalSplit,
+    thresholds: np.ndarray | None = None,
+) -> ThresholdSweep | None:
+    """Sweep the cheapest tier's threshold (default: every distinct score on `data`, and
+    -inf); the other tiers keep the artifact's, a per-task-type artifact is swept with one
+    pooled threshold. None when the artifact does not calibrate the cheapest tier or no
+    request gets a finite score there (nothing to sweep)."""
+    cheap = policy.tier_names[0]
+    if cheap not in artifact.tiers:
+        return None
+    escalate_all = replay_served(policy, artifact.with_thresholds({cheap: -math.inf}), data)
+    scores = np.array([_cheap_score(o) for o in escalate_all.outcomes])
+    finite = scores[np.isfinite(scores)]
+    if not finite.size:
+        return None
+    accept_all = replay_served(policy, artifact.with_thresholds({cheap: float(finite.max())}), data)
+    if thresholds is None:
+        thresholds = np.unique(np.concatenate([[-math.inf], finite]))
+    runs = (escalate_all, accept_all)
+    flags = [np.array([o.escalated for o in r.outcomes]) for r in runs]
+    tops = [np.array([policy.top in o.visited for o in r.outcomes]) for r in runs]
+    # (T, N): request i escalates at threshold t; NaN (never scored there): the runs agree
+    up = scores[None, :] > np.asarray(thresholds, dtype=float)[:, None]
+    return ThresholdSweep(
+        thresholds=np.asarray(thresholds, dtype=float),
+        accuracy=np.where(up, escalate_all.correct, accept_all.correct).mean(axis=1),
+        cost_raw=np.where(up, escalate_all.cost, accept_all.cost).mean(axis=1),
+        escalation=np.where(up, *flags).mean(axis=1),
+        strong_share=np.where(up, *tops).mean(axis=1),
+        scores=scores,
+    )
 
 
 def hindsight_point(
@@ -37,43 +87,32 @@ def hindsight_point(
     max_gap: float,
 ) -> OperatingPoint | None:
     """The cheapest served-policy point on `test` whose accuracy is within `max_gap` of
-    always-strong's, over every threshold of the cheapest tier (the other tiers keep the
-    artifact's; a per-task-type artifact is swept with one pooled threshold). `unit`:
-    always-strong's raw mean cost. None when the artifact does not calibrate the cheapest
-    tier (nothing to sweep)."""
-    cheap = policy.tier_names[0]
-    if cheap not in artifact.tiers:
+    always-strong's, over every threshold of the cheapest tier (`threshold_sweep`). `unit`:
+    always-strong's raw mean cost. None when there is nothing to sweep or no threshold is
+    within the gap."""
+    sweep = threshold_sweep(policy, artifact, test)
+    if sweep is None:
         return None
-    escalate_all = replay_served(policy, artifact.with_thresholds({cheap: -math.inf}), test)
-    scores = np.array([_cheap_score(o) for o in escalate_all.outcomes])
-    finite = scores[np.isfinite(scores)]
-    if not finite.size:
-        return None
-    accept_all = replay_served(policy, artifact.with_thresholds({cheap: float(finite.max())}), test)
     strong = float(np.mean(test.correct[test.tiers[-1]]))
-    runs = (escalate_all, accept_all)
-    flags = [np.array([o.escalated for o in r.outcomes]) for r in runs]
-    tops = [np.array([policy.top in o.visited for o in r.outcomes]) for r in runs]
-    best = None
-    for t in np.unique(np.concatenate([[-math.inf], finite])):
-        up = scores > t  # NaN (never scored at the cheapest tier): the runs agree there
-        correct = np.where(up, escalate_all.correct, accept_all.correct)
-        cost = float(np.where(up, escalate_all.cost, accept_all.cost).mean())
-        if strong - correct.mean() <= max_gap + 1e-12 and (best is None or cost < best[1]):
-            rates = float(np.where(up, *flags).mean()), float(np.where(up, *tops).mean())
-            best = (float(t), cost, float(correct.mean()), *rates)
-    if best is None:
+    ok = strong - sweep.accuracy <= max_gap + 1e-12
+    if not ok.any():
         return None
-    t, raw, accuracy, escalation, strong_share = best
+    i = int(np.flatnonzero(ok)[np.argmin(sweep.cost_raw[ok])])
+    raw = float(sweep.cost_raw[i])
     return OperatingPoint(
         "served_hindsight",
         "served_hindsight",
-        accuracy,
+        float(sweep.accuracy[i]),
         raw / (unit if unit > 0 else 1.0),
-        escalation,
-        strong_share,
+        float(sweep.escalation[i]),
+        float(sweep.strong_share[i]),
         raw,
-        {"threshold": t, "tier": cheap, "max_gap": max_gap, "picked_on": test.split},
+        {
+            "threshold": float(sweep.thresholds[i]),
+            "tier": policy.tier_names[0],
+            "max_gap": max_gap,
+            "picked_on": test.split,
+        },
     )
 
 
@@ -83,3 +122,71 @@ def _cheap_score(outcome) -> float:
         if call.tier == 0 and call.signal is not None:
             return float(call.signal.score)
     return math.nan
+
+
+def one_threshold_for_all(
+    policy: CascadePolicyConfig,
+    artifact: CascadeArtifact,
+    tests: list[EvalSplit],
+    max_gap: float,
+) -> dict:
+    """The best a single cheapest-tier threshold can do on every split at once, picked on
+    all of them (so, like `hindsight_point`, optimistic, and a diagnostic): among the
+    thresholds whose accuracy is within `max_gap` of always-strong on every split, the one
+    with the least worst-case cost against the oracle's. Per split: accuracy gap and cost /
+    oracle there, beside the artifact's own threshold and each split's own best one
+    (`each_split_own`, as `hindsight_point` picks it there). `bar_reachable` says whether any
+    threshold keeps every split within `max_gap` at all; when none does, `best` is None.
+
+    If this best is above a cost bar, no threshold calibrated before the splits were seen
+    can meet it on all of them: the evidence (router and quality estimator) is the limit."""
+    cheap = policy.tier_names[0]
+    first = [threshold_sweep(policy, artifact, t) for t in tests]
+    if any(s is None for s in first):
+        raise ValueError(f"nothing to sweep: the artifact does not score tier {cheap!r}")
+    served_t = artifact.tiers[cheap].threshold
+    grid = np.unique(
+        np.concatenate([[-math.inf, served_t], *(s.scores[np.isfinite(s.scores)] for s in first)])
+    )
+    sweeps = [threshold_sweep(policy, artifact, t, grid) for t in tests]
+    oracle = np.array([_oracle_cost(policy, t) for t in tests])
+    strong = np.array([np.mean(t.correct[t.tiers[-1]]) for t in tests])
+    gaps = np.stack([g - s.accuracy for g, s in zip(strong, sweeps, strict=True)])  # (S, T)
+    ratios = np.stack([s.cost_raw / o for s, o in zip(sweeps, oracle, strict=True)])
+    ok = (gaps <= max_gap + 1e-12).all(axis=0)
+    at_served = int(np.flatnonzero(grid == served_t)[0])
+
+    def per_split(i: int) -> list[dict]:
+        return [
+            {"accuracy_gap": float(gaps[k, i]), "cost_vs_oracle": float(ratios[k, i])}
+            for k in range(len(tests))
+        ]
+
+    best = None
+    if ok.any():
+        i = int(np.flatnonzero(ok)[np.argmin(ratios.max(axis=0)[ok])])
+        best = {
+            "threshold": float(grid[i]),
+            "worst_cost_vs_oracle": float(ratios[:, i].max()),
+            "splits": per_split(i),
+        }
+    each = []  # each split's own hindsight threshold (`hindsight_point` on that split)
+    for k in range(len(tests)):
+        fine = gaps[k] <= max_gap + 1e-12
+        j = int(np.flatnonzero(fine)[np.argmin(ratios[k, fine])]) if fine.any() else None
+        each.append(None if j is None else {"threshold": float(grid[j]), **per_split(j)[k]})
+    return {
+        "tier": cheap,
+        "max_gap": max_gap,
+        "bar_reachable": bool(ok.any()),
+        "best": best,
+        "served": {"threshold": float(served_t), "splits": per_split(at_served)},
+        "each_split_own": each,
+    }
+
+
+def _oracle_cost(policy: CascadePolicyConfig, data: EvalSplit) -> float:
+    """The oracle's mean raw cost, as the evaluation prices it (`offline.strategies`: each
+    tier escalates exactly when the cheapest is wrong and the top right)."""
+    oracle = {t: data.needs_escalation for t in data.tiers[:-1]}
+    return replay(policy, data, oracle)[1]

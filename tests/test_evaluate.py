@@ -23,7 +23,7 @@ from offline.evaluate import (
     router_start,
 )
 from offline.head_value import HeadValueSettings, head_value, verdict_alone
-from offline.hindsight import hindsight_point
+from offline.hindsight import hindsight_point, one_threshold_for_all
 from offline.ladder_calibration import calibrate_ladder
 from offline.replay import (
     RouterRows,
@@ -398,6 +398,31 @@ def test_hindsight_is_the_cheapest_served_threshold_within_the_gap(splits, serve
         run = replay_served(policy, artifact.with_thresholds({"cheap": t}), test)
         if strong - run.accuracy <= max_gap:
             assert h.cost_raw <= run.cost.mean() + 1e-12, t
+
+
+def test_one_threshold_for_all_splits_is_bounded_by_each_splits_own(splits, served):
+    policy, artifact = served
+    tests = [splits["test"], splits["cal"]]
+    r = one_threshold_for_all(policy, artifact, tests, max_gap=0.05)
+    assert r["bar_reachable"] and r["best"] is not None
+    best, own = r["best"], r["each_split_own"]
+    for k, data in enumerate(tests):
+        oracle = replay(policy, data, {"cheap": data.needs_escalation})[1]
+        # the served row is the served policy's own replay
+        run = replay_served(policy, artifact, data)
+        assert r["served"]["splits"][k]["cost_vs_oracle"] == pytest.approx(
+            run.cost.mean() / oracle
+        )
+        # the common threshold keeps every split within the gap, and no split's own
+        # hindsight threshold (hindsight_point's) costs more there
+        assert best["splits"][k]["accuracy_gap"] <= 0.05 + 1e-12
+        h = hindsight_point(policy, artifact, data, unit=oracle, max_gap=0.05)
+        assert own[k]["cost_vs_oracle"] == pytest.approx(h.cost)
+        assert own[k]["cost_vs_oracle"] <= best["splits"][k]["cost_vs_oracle"] + 1e-12
+    assert best["worst_cost_vs_oracle"] == max(x["cost_vs_oracle"] for x in best["splits"])
+    # no gap can be kept: nothing is picked
+    none = one_threshold_for_all(policy, artifact, tests, max_gap=-1.0)
+    assert not none["bar_reachable"] and none["best"] is None
 
 
 def test_head_value_matches_accuracy_on_calibration_and_compares_on_test(splits, served):

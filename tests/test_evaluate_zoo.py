@@ -50,6 +50,14 @@ def test_evaluate_on_the_zoo(tmp_path, capsys):
     guarantee = served["params"]["guarantee"]["cheap"]
     assert guarantee["mode"] == "risk" and guarantee["target"] == "<= 0.02"
     assert 0 <= guarantee["realised"] <= 0.1 and guarantee["n"] > 0
+    # the same policy with its threshold picked on this split: a bound, never above served
+    # where served is within the gap itself
+    t = s["served_vs_targets"]
+    hindsight = t["hindsight"]
+    assert s["strong_accuracy"] - hindsight["accuracy"] <= 0.02 + 1e-9
+    if t["accuracy_gap_to_strong"] <= 0.02:
+        assert hindsight["cost"] <= served["cost"] + 1e-9
+        assert hindsight["cost_vs_oracle"] <= t["cost_vs_oracle"] + 1e-9
     # the 3-tier table: every tier always, the served 3-tier policy, and the oracle
     three = out["three_tier"]
     assert three["tiers"] == ["cheap", "mid", "strong"]
