@@ -10,7 +10,9 @@ the served policy), `forced` (model=cheap through the graph), and the model-free
 arm's `rps_1` and `rps_16` (medians over rounds), per round each arm's ratio to `bare`, and
 `cpu_ms_per_request_16`: at 16 clients, the CPU milliseconds one answered request cost each
 process role (`benchmarks.cpu_meter`: proxy, ingress, router, each tier and its engine, the
-bare app, Ray's own processes, the clients), medians over rounds, with `cores_busy`. On a
+bare app, Ray's own processes, the clients), medians over rounds, with `cores_busy` and the
+live replicas per role at the end of each window (`replicas_16`: a tier the graph's window
+scaled up is still up, or still starting, in the next arm's). On a
 machine the arms saturate, rps is about the cores over that total, so the split says what a
 ratio to `bare` is made of.
 """
@@ -32,6 +34,7 @@ __all__ = ["cli", "main", "rps_at"]
 
 SENT = {"bare": "bare", "graph": "cascade", "forced": "cheap", "hop0": "hop0", "hop1": "hop1"}
 CLIENTS = (1, 16)
+GRAPH_ROLES = ("router", "tier-cheap", "tier-mid", "tier-strong")
 
 
 async def rps_at(url: str, model: str, prompts: list[str], clients: int, seconds: float) -> float:
@@ -82,6 +85,7 @@ def measure(arms: Arms, rounds: int, seconds: float) -> dict:
                     spent = meter.since(before)
                     row["cpu_ms_per_request_16"][arm] = _per_request(spent, done)
                     row[arm]["cores_busy_16"] = round(sum(spent.values()) / elapsed, 2)
+                    row[arm]["replicas_16"] = meter.replicas()
         row["vs_bare"] = {
             arm: {
                 f"rps_{c}": round(row[arm][f"rps_{c}"] / row["bare"][f"rps_{c}"], 3)
@@ -154,6 +158,13 @@ def _print(result: dict) -> None:
             [[arm, split[arm]["total"], *(split[arm].get(r, 0.0) for r in roles)] for arm in split],
         )
     )
+    for r in result["per_round"]:  # the graph's own deployments: what autoscaling did
+        live = "; ".join(
+            f"{arm} "
+            + " ".join(f"{k} {v}" for k, v in r[arm]["replicas_16"].items() if k in GRAPH_ROLES)
+            for arm in SENT
+        )
+        print(f"round {r['round']}, graph replicas after each 16-client window: {live}")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -51,7 +51,8 @@ def role_of(title: str) -> str | None:
     for needle, role in _TITLES:
         if needle in title:
             if role == "tier":
-                name = title.split("ServeReplica:cascade:Tier-", 1)[1].split()[0]
+                # the title ends in the method running, when one is: Tier-cheap.handle_request
+                name = title.split("ServeReplica:cascade:Tier-", 1)[1].split()[0].split(".")[0]
                 return f"tier-{name}"
             return role
     return None
@@ -64,14 +65,13 @@ class CpuMeter:
     snapshots around windows in which the replicas are steady (no autoscaling mid-window)."""
 
     def __init__(self) -> None:
-        self._roles: dict[int, str] = {}
         self._me = os.getpid()
 
     def _role(self, proc: psutil.Process) -> str:
+        """Read afresh each time: a worker Ray started idle (`ray::IDLE`) takes a replica's
+        title when the controller gives it one."""
         if proc.pid == self._me:
             return "client"
-        if proc.pid in self._roles:
-            return self._roles[proc.pid]
         role = role_of(_title(proc))
         if role is None:  # a replica's child (EngineCore) is the replica's engine
             try:
@@ -80,7 +80,6 @@ class CpuMeter:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 up = None
             role = f"{up}:engine" if up else "ray"
-        self._roles[proc.pid] = role
         return role
 
     def snapshot(self) -> dict[int, tuple[str, float]]:
@@ -96,6 +95,15 @@ class CpuMeter:
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
         return out
+
+    def replicas(self) -> dict[str, int]:
+        """Live processes per serving role (replicas; not engines, Ray's own or the clients):
+        an autoscaling tier's count, and a replica that is still starting counts too."""
+        counts: dict[str, int] = defaultdict(int)
+        for role, _ in self.snapshot().values():
+            if ":" not in role and role not in ("ray", "client"):
+                counts[role] += 1
+        return dict(sorted(counts.items()))
 
     def since(self, before: dict[int, tuple[str, float]]) -> dict[str, float]:
         """CPU seconds spent per role since `before`."""

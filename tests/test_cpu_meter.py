@@ -26,6 +26,7 @@ time.sleep(30)
     [
         ("ray::ServeReplica:cascade:Tier-cheap", "tier-cheap"),
         ("ray::ServeReplica:cascade:Tier-strong", "tier-strong"),
+        ("ray::ServeReplica:cascade:Tier-cheap.initialize_and_get_metadata", "tier-cheap"),
         ("ray::ServeReplica:cascade:Ingress", "ingress"),
         ("ray::ServeReplica:cascade:Router", "router"),
         ("ray::ServeReplica:bare:BareLLM", "bare"),

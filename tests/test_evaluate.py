@@ -410,9 +410,7 @@ def test_one_threshold_for_all_splits_is_bounded_by_each_splits_own(splits, serv
         oracle = replay(policy, data, {"cheap": data.needs_escalation})[1]
         # the served row is the served policy's own replay
         run = replay_served(policy, artifact, data)
-        assert r["served"]["splits"][k]["cost_vs_oracle"] == pytest.approx(
-            run.cost.mean() / oracle
-        )
+        assert r["served"]["splits"][k]["cost_vs_oracle"] == pytest.approx(run.cost.mean() / oracle)
         # the common threshold keeps every split within the gap, and no split's own
         # hindsight threshold (hindsight_point's) costs more there
         assert best["splits"][k]["accuracy_gap"] <= 0.05 + 1e-12
