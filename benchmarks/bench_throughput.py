@@ -1,9 +1,11 @@
 """Requests per second of the cascade graph against the bare reference, in the same run:
 
-    python -m benchmarks throughput [--rounds 3] [--seconds 8] [--engine auto] [--quick] [--json]
+    python -m benchmarks throughput [--rounds 3] [--seconds 8] [--engine auto] [--quick]
+                                    [--autoscale] [--json]
 
 Closed-loop clients (each sends its next request when the last is answered) at 1 and at 16
-concurrent clients; per round every arm runs once at each concurrency, the arms' order rotated
+concurrent clients, every deployment of the graph at its `min_replicas` (one, as the bare app)
+unless `--autoscale`; per round every arm runs once at each concurrency, the arms' order rotated
 round by round. Arms: `bare` (the cheap model in a one-deployment app), `graph` (model=cascade,
 the served policy), `forced` (model=cheap through the graph), and the model-free `hop0` / `hop1`
 (`benchmarks.hop_floor`: what one Serve hop costs when nothing else does). `--json` prints each
@@ -170,6 +172,13 @@ def _print(result: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     p = arms_parser("python -m benchmarks throughput", __doc__, "2 rounds of 4 s")
     p.add_argument("--seconds", type=float, default=8.0, help="per arm and concurrency")
+    p.add_argument(
+        "--autoscale",
+        action="store_true",
+        help="keep serve_config.yaml's autoscaling (default: every deployment at its "
+        "min_replicas, like the one-replica bare app; a replica started by one arm's load "
+        "would spend its start-up CPU in the next arms' windows)",
+    )
     a = p.parse_args(argv)
     rounds, seconds = (2, 4.0) if a.quick else (a.rounds, a.seconds)
     return report(a, lambda arms: measure(arms, rounds, seconds), _print)

@@ -70,16 +70,20 @@ def _wait_answering(arms: Arms, prompt: str, wait_s: float) -> None:
 
 @contextmanager
 def arms_running(
-    engine: str = "auto", wait_s: float = 600, speculate: bool = False
+    engine: str = "auto", wait_s: float = 600, speculate: bool = False, autoscale: bool = True
 ) -> Iterator[Arms]:
-    """serve_config.yaml's graph (its deployments, autoscaling included) with every tier on
-    `engine` (and `router.speculate` as given), the bare app on the cheap tier's model and
-    engine settings, and the two model-free apps that price one Serve hop, side by side."""
+    """serve_config.yaml's graph (its deployments, autoscaling included unless `autoscale` is
+    False: then each deployment stays at its `min_replicas`) with every tier on `engine` (and
+    `router.speculate` as given), the bare app on the cheap tier's model and engine settings,
+    and the two model-free apps that price one Serve hop, side by side."""
     args = AppArgs.from_serve_config()
     kind = engine_kind(engine)
     tiers = [t.model_copy(update={"engine": kind}) for t in args.tiers]
     router = args.router.model_copy(update={"speculate": speculate})
-    args = args.model_copy(update={"tiers": tiers, "router": router})
+    update = {"tiers": tiers, "router": router}
+    if not autoscale:
+        update["deployment_options"] = _at_min_replicas(args.deployment_options)
+    args = args.model_copy(update=update)
     cheap = tiers[0]
     bare = bare_app(cheap.model, kind, cheap.engine_kwargs, args.limits.top_logprobs)
     extra = {"bare": (bare, BARE_PREFIX), **hop_apps()}
@@ -88,6 +92,20 @@ def arms_running(
         arms = Arms(base=base, refs=refs, engine=kind)
         _wait_answering(arms, "12+7", wait_s)
         yield arms
+
+
+def _at_min_replicas(options: dict[str, dict]) -> dict[str, dict]:
+    """Each autoscaling deployment fixed at its `min_replicas` (the bare app has one replica
+    throughout: on 2 saturated cores a new replica adds no capacity, and its start-up's CPU
+    would land in whichever arm runs next)."""
+    out = {}
+    for name, opts in options.items():
+        opts = dict(opts)
+        scaling = opts.pop("autoscaling_config", None)
+        if scaling is not None:
+            opts["num_replicas"] = int(scaling.get("min_replicas", 1))
+        out[name] = opts
+    return out
 
 
 def percentiles(latencies_s: list[float]) -> dict[str, float | int]:
@@ -126,8 +144,9 @@ def report(
     a: argparse.Namespace, measure: Callable[[Arms], dict], show: Callable[[dict], None]
 ) -> dict:
     """Start the arms as `a` says, measure, print one JSON object (`--json`) or the table."""
-    with arms_running(a.engine, speculate=a.speculate) as arms:
-        result = {"speculate": a.speculate, **measure(arms)}
+    autoscale = getattr(a, "autoscale", True)
+    with arms_running(a.engine, speculate=a.speculate, autoscale=autoscale) as arms:
+        result = {"speculate": a.speculate, "autoscale": autoscale, **measure(arms)}
     if a.json:
         print(json.dumps(result))
     else:

@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from benchmarks import bench_overhead, bench_throughput
-from benchmarks.side_by_side import arms_running, chat
+from benchmarks.side_by_side import _at_min_replicas, arms_running, chat
+from calibration.config import AppArgs
 from models.tasks import sample
 
 pytestmark = pytest.mark.slow
@@ -61,3 +62,18 @@ def test_overhead_and_throughput_report_every_arm(arms):
     for split in cpu.values():
         parts = sum(v for k, v in split.items() if k != "total")
         assert parts == pytest.approx(split["total"], abs=0.05 * len(split))
+
+
+def test_throughput_can_hold_every_deployment_at_its_minimum():
+    options = AppArgs.from_serve_config().deployment_options
+    fixed = _at_min_replicas(options)
+    for name, opts in options.items():
+        scaling = opts.get("autoscaling_config")
+        assert "autoscaling_config" not in fixed[name]
+        if scaling is not None:
+            assert fixed[name]["num_replicas"] == scaling.get("min_replicas", 1)
+        # everything else as served: CPUs, queue bounds, health checks
+        assert {k: v for k, v in fixed[name].items() if k != "num_replicas"} == {
+            k: v for k, v in opts.items() if k not in ("autoscaling_config", "num_replicas")
+        }
+    assert options["Tier-cheap"]["autoscaling_config"]  # the input is not changed
