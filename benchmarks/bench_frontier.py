@@ -14,29 +14,22 @@ evidence is what limits the served cost, not the calibration.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
+from benchmarks.served_zoo import ServedZoo, emit, served_parser
 from benchmarks.tables import table
-from calibration.config import SERVE_CONFIG, AppArgs
 
 __all__ = ["cli", "main", "measure"]
 
 
 def measure(config: Path, seeds: list[int], n: int, max_gap: float, zoo: Path | None) -> dict:
     """`one_threshold_for_all` on the served config over the test split's seeds."""
-    from models.served_calibration import served_artifact
     from offline.hindsight import one_threshold_for_all
-    from offline.replay import load_split
-    from offline.zoo_cli import ensure_zoo
 
-    root = ensure_zoo(zoo)
-    app = AppArgs.from_serve_config(config)
-    kw = {"root": root, "tiers": app.tier_names, "allow_mismatch": app.calibration.allow_mismatch}
-    tests = [load_split("test", n, s, **kw) for s in seeds]
-    result = one_threshold_for_all(app.policy(), served_artifact(app, root), tests, max_gap)
+    served = ServedZoo.load(config, zoo)
+    tests = [served.split("test", n, s) for s in seeds]
+    result = one_threshold_for_all(served.app.policy(), served.artifact, tests, max_gap)
     return {"config": str(config), "seeds": seeds, "n": n, **result}
 
 
@@ -79,20 +72,10 @@ def _print(r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="test split seeds")
-    p.add_argument("--n", type=int, default=1000, help="test requests per seed (default 1000)")
+    p = served_parser(__doc__.split("\n\n")[0])
     p.add_argument("--max-gap", type=float, default=0.02, help="accuracy gap to always-strong")
-    p.add_argument("--config", type=Path, default=SERVE_CONFIG, help="the served config")
-    p.add_argument("--zoo", type=Path, default=None, help="zoo folder (default: models.zoo)")
-    p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    result = measure(a.config, a.seeds, a.n, a.max_gap, a.zoo)
-    if a.json:
-        print(json.dumps(result, indent=2))
-    else:
-        _print(result)
-    return result
+    return emit(a, measure(a.config, a.seeds, a.n, a.max_gap, a.zoo), _print)
 
 
 def cli(argv: list[str]) -> None:

@@ -13,13 +13,11 @@ calibration split, so it and verdict-alone are chosen the same way.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
+from benchmarks.served_zoo import ServedZoo, emit, served_parser
 from benchmarks.tables import table
-from calibration.config import SERVE_CONFIG, AppArgs
 
 __all__ = ["cli", "main", "measure"]
 
@@ -28,19 +26,13 @@ def measure(
     config: Path, seeds: list[int], n: int, n_cal: int, n_fit: int, zoo: Path | None
 ) -> dict:
     """`offline.head_value.head_value` on the served config over the test split's seeds."""
-    from models.served_calibration import served_artifact
     from offline.head_value import head_value
-    from offline.replay import load_split
-    from offline.zoo_cli import ensure_zoo
 
-    root = ensure_zoo(zoo)
-    app = AppArgs.from_serve_config(config)
-    names = app.tier_names
-    kw = {"root": root, "tiers": names, "allow_mismatch": app.calibration.allow_mismatch}
-    fit = load_split("validation", n_fit, 0, **kw)
-    cal = load_split("calibration", n_cal, 0, **kw)
-    tests = [load_split("test", n, s, **kw) for s in seeds]
-    result = head_value(app.policy(), served_artifact(app, root), fit, cal, tests)
+    served = ServedZoo.load(config, zoo)
+    fit = served.split("validation", n_fit, 0)
+    cal = served.split("calibration", n_cal, 0)
+    tests = [served.split("test", n, s) for s in seeds]
+    result = head_value(served.app.policy(), served.artifact, fit, cal, tests)
     return {"config": str(config), **result}
 
 
@@ -94,21 +86,11 @@ def _print(r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="test split seeds")
-    p.add_argument("--n", type=int, default=1000, help="test requests per seed (default 1000)")
+    p = served_parser(__doc__)
     p.add_argument("--n-cal", type=int, default=2000, help="calibration requests (the zoo's)")
     p.add_argument("--n-fit", type=int, default=1000, help="fit requests (the zoo's)")
-    p.add_argument("--config", type=Path, default=SERVE_CONFIG, help="the served config")
-    p.add_argument("--zoo", type=Path, default=None, help="zoo folder (default: models.zoo)")
-    p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    result = measure(a.config, a.seeds, a.n, a.n_cal, a.n_fit, a.zoo)
-    if a.json:
-        print(json.dumps(result, indent=2))
-    else:
-        _print(result)
-    return result
+    return emit(a, measure(a.config, a.seeds, a.n, a.n_cal, a.n_fit, a.zoo), _print)
 
 
 def cli(argv: list[str]) -> None:
