@@ -27,7 +27,14 @@ from offline.points import OperatingPoint, replay
 from offline.replay import EvalSplit
 from offline.served import replay_served
 
-__all__ = ["ThresholdSweep", "hindsight_point", "one_threshold_for_all", "threshold_sweep"]
+__all__ = [
+    "Branches",
+    "ThresholdSweep",
+    "branches",
+    "hindsight_point",
+    "one_threshold_for_all",
+    "threshold_sweep",
+]
 
 
 @dataclass(frozen=True)
@@ -43,16 +50,50 @@ class ThresholdSweep:
     scores: np.ndarray  # each request's cheapest-tier score (NaN: never scored there)
 
 
-def threshold_sweep(
-    policy: CascadePolicyConfig,
-    artifact: CascadeArtifact,
-    data: EvalSplit,
-    thresholds: np.ndarray | None = None,
-) -> ThresholdSweep | None:
-    """Sweep the cheapest tier's threshold (default: every distinct score on `data`, and
-    -inf); the other tiers keep the artifact's, a per-task-type artifact is swept with one
-    pooled threshold. None when the artifact does not calibrate the cheapest tier or no
-    request gets a finite score there (nothing to sweep)."""
+@dataclass(frozen=True)
+class Branches:
+    """Each request of one split replayed both ways at the cheapest tier: row 0 escalating
+    every answer it scores there, row 1 accepting every finite score. Any threshold's outcome
+    is a per-request choice between the rows, so one pair of replays serves every sweep."""
+
+    scores: np.ndarray  # (N,) the cheapest tier's score (NaN: never scored there)
+    correct: np.ndarray  # (2, N)
+    cost: np.ndarray  # (2, N)
+    escalated: np.ndarray  # (2, N)
+    at_top: np.ndarray  # (2, N) the request reached the top tier
+
+    @property
+    def finite_scores(self) -> np.ndarray:
+        return self.scores[np.isfinite(self.scores)]
+
+    def sweep(self, thresholds: np.ndarray | None = None) -> ThresholdSweep:
+        """The policy at each threshold (default: every distinct finite score, and -inf)."""
+        if thresholds is None:
+            thresholds = np.unique(np.concatenate([[-math.inf], self.finite_scores]))
+        thresholds = np.asarray(thresholds, dtype=float)
+        # (T, N): request i escalates at threshold t; NaN (never scored there): rows agree
+        up = self.scores[None, :] > thresholds[:, None]
+
+        def mean(rows: np.ndarray) -> np.ndarray:
+            return np.where(up, rows[0], rows[1]).mean(axis=1)
+
+        return ThresholdSweep(
+            thresholds=thresholds,
+            accuracy=mean(self.correct),
+            cost_raw=mean(self.cost),
+            escalation=mean(self.escalated),
+            strong_share=mean(self.at_top),
+            scores=self.scores,
+        )
+
+
+def branches(
+    policy: CascadePolicyConfig, artifact: CascadeArtifact, data: EvalSplit
+) -> Branches | None:
+    """Both rows through the one replay path (`replay_served`); the other tiers keep the
+    artifact's thresholds, a per-task-type artifact is swept with one pooled threshold. None
+    when the artifact does not calibrate the cheapest tier or no request gets a finite score
+    there (nothing to sweep)."""
     cheap = policy.tier_names[0]
     if cheap not in artifact.tiers:
         return None
@@ -62,21 +103,32 @@ def threshold_sweep(
     if not finite.size:
         return None
     accept_all = replay_served(policy, artifact.with_thresholds({cheap: float(finite.max())}), data)
-    if thresholds is None:
-        thresholds = np.unique(np.concatenate([[-math.inf], finite]))
     runs = (escalate_all, accept_all)
-    flags = [np.array([o.escalated for o in r.outcomes]) for r in runs]
-    tops = [np.array([policy.top in o.visited for o in r.outcomes]) for r in runs]
-    # (T, N): request i escalates at threshold t; NaN (never scored there): the runs agree
-    up = scores[None, :] > np.asarray(thresholds, dtype=float)[:, None]
-    return ThresholdSweep(
-        thresholds=np.asarray(thresholds, dtype=float),
-        accuracy=np.where(up, escalate_all.correct, accept_all.correct).mean(axis=1),
-        cost_raw=np.where(up, escalate_all.cost, accept_all.cost).mean(axis=1),
-        escalation=np.where(up, *flags).mean(axis=1),
-        strong_share=np.where(up, *tops).mean(axis=1),
+    return Branches(
         scores=scores,
+        correct=np.stack([r.correct for r in runs]),
+        cost=np.stack([r.cost for r in runs]),
+        escalated=np.array([[o.escalated for o in r.outcomes] for r in runs]),
+        at_top=np.array([[policy.top in o.visited for o in r.outcomes] for r in runs]),
     )
+
+
+def threshold_sweep(
+    policy: CascadePolicyConfig,
+    artifact: CascadeArtifact,
+    data: EvalSplit,
+    thresholds: np.ndarray | None = None,
+) -> ThresholdSweep | None:
+    """Sweep the cheapest tier's threshold on `data` (`Branches.sweep`); None when there is
+    nothing to sweep (`branches`)."""
+    both = branches(policy, artifact, data)
+    return None if both is None else both.sweep(thresholds)
+
+
+def _cheapest_within(gap: np.ndarray, cost: np.ndarray, max_gap: float) -> int | None:
+    """The index of the least `cost` among those with `gap` <= `max_gap`, or None."""
+    fine = gap <= max_gap + 1e-12
+    return int(np.flatnonzero(fine)[np.argmin(cost[fine])]) if fine.any() else None
 
 
 def hindsight_point(
@@ -94,10 +146,9 @@ def hindsight_point(
     if sweep is None:
         return None
     strong = float(np.mean(test.correct[test.tiers[-1]]))
-    ok = strong - sweep.accuracy <= max_gap + 1e-12
-    if not ok.any():
+    i = _cheapest_within(strong - sweep.accuracy, sweep.cost_raw, max_gap)
+    if i is None:
         return None
-    i = int(np.flatnonzero(ok)[np.argmin(sweep.cost_raw[ok])])
     raw = float(sweep.cost_raw[i])
     return OperatingPoint(
         "served_hindsight",
@@ -141,14 +192,12 @@ def one_threshold_for_all(
     If this best is above a cost bar, no threshold calibrated before the splits were seen
     can meet it on all of them: the evidence (router and quality estimator) is the limit."""
     cheap = policy.tier_names[0]
-    first = [threshold_sweep(policy, artifact, t) for t in tests]
-    if any(s is None for s in first):
+    both = [branches(policy, artifact, t) for t in tests]
+    if any(b is None for b in both):
         raise ValueError(f"nothing to sweep: the artifact does not score tier {cheap!r}")
     served_t = artifact.tiers[cheap].threshold
-    grid = np.unique(
-        np.concatenate([[-math.inf, served_t], *(s.scores[np.isfinite(s.scores)] for s in first)])
-    )
-    sweeps = [threshold_sweep(policy, artifact, t, grid) for t in tests]
+    grid = np.unique(np.concatenate([[-math.inf, served_t], *(b.finite_scores for b in both)]))
+    sweeps = [b.sweep(grid) for b in both]
     oracle = np.array([_oracle_cost(policy, t) for t in tests])
     strong = np.array([np.mean(t.correct[t.tiers[-1]]) for t in tests])
     gaps = np.stack([g - s.accuracy for g, s in zip(strong, sweeps, strict=True)])  # (S, T)
@@ -172,8 +221,7 @@ def one_threshold_for_all(
         }
     each = []  # each split's own hindsight threshold (`hindsight_point` on that split)
     for k in range(len(tests)):
-        fine = gaps[k] <= max_gap + 1e-12
-        j = int(np.flatnonzero(fine)[np.argmin(ratios[k, fine])]) if fine.any() else None
+        j = _cheapest_within(gaps[k], ratios[k], max_gap)
         each.append(None if j is None else {"threshold": float(grid[j]), **per_split(j)[k]})
     return {
         "tier": cheap,
