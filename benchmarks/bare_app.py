@@ -21,9 +21,35 @@ from models.engine import SamplingSettings
 from models.loading import load_engine
 from models.prompting import render_prompt
 
-__all__ = ["BareLLM", "bare_app"]
+__all__ = ["BareLLM", "bare_app", "chat_completion"]
 
 api = FastAPI(title="bare reference")
+
+
+def chat_completion(
+    model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
+    """An OpenAI chat completion as a plain dict: the reference apps' answer shape. Defined
+    above the deployments that call it: Serve captures a deployment class when it is
+    decorated, and a name defined below it was missing in the replica (NameError)."""
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
 @serve.deployment(max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.1})
@@ -42,24 +68,9 @@ class BareLLM:
             max_tokens=int(body.get("max_tokens", 16)), top_logprobs=self.top_logprobs
         )
         gen = (await self.engine.generate([prompt], settings))[0]
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": gen.text},
-                    "finish_reason": gen.finish_reason,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": gen.prompt_tokens,
-                "completion_tokens": gen.completion_tokens,
-                "total_tokens": gen.prompt_tokens + gen.completion_tokens,
-            },
-        }
+        return chat_completion(
+            self.model, gen.text, gen.finish_reason, gen.prompt_tokens, gen.completion_tokens
+        )
 
 
 def bare_app(

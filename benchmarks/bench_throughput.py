@@ -84,10 +84,11 @@ def measure(arms: Arms, rounds: int, seconds: float) -> dict:
                 )
                 row.setdefault(arm, {})[f"rps_{clients}"] = round(done / elapsed, 2)
                 if clients == CLIENTS[-1]:
-                    spent = meter.since(before)
+                    after = meter.snapshot()
+                    spent = meter.since(before, after)
                     row["cpu_ms_per_request_16"][arm] = _per_request(spent, done)
                     row[arm]["cores_busy_16"] = round(sum(spent.values()) / elapsed, 2)
-                    row[arm]["replicas_16"] = meter.replicas()
+                    row[arm]["replicas_16"] = meter.replicas(after)
         row["vs_bare"] = {
             arm: {
                 f"rps_{c}": round(row[arm][f"rps_{c}"] / row["bare"][f"rps_{c}"], 3)

@@ -96,18 +96,23 @@ class CpuMeter:
                 continue
         return out
 
-    def replicas(self) -> dict[str, int]:
-        """Live processes per serving role (replicas; not engines, Ray's own or the clients):
-        an autoscaling tier's count, and a replica that is still starting counts too."""
+    def replicas(self, snapshot: dict[int, tuple[str, float]] | None = None) -> dict[str, int]:
+        """Live processes per serving role in `snapshot` (default: now) (replicas; not
+        engines, Ray's own or the clients): an autoscaling tier's count, and a replica that is
+        still starting counts too."""
         counts: dict[str, int] = defaultdict(int)
-        for role, _ in self.snapshot().values():
+        for role, _ in (snapshot or self.snapshot()).values():
             if ":" not in role and role not in ("ray", "client"):
                 counts[role] += 1
         return dict(sorted(counts.items()))
 
-    def since(self, before: dict[int, tuple[str, float]]) -> dict[str, float]:
-        """CPU seconds spent per role since `before`."""
+    def since(
+        self,
+        before: dict[int, tuple[str, float]],
+        after: dict[int, tuple[str, float]] | None = None,
+    ) -> dict[str, float]:
+        """CPU seconds spent per role from `before` to `after` (default: now)."""
         spent: dict[str, float] = defaultdict(float)
-        for pid, (role, now) in self.snapshot().items():
+        for pid, (role, now) in (after or self.snapshot()).items():
             spent[role] += now - before.get(pid, (role, 0.0))[1]
         return dict(spent)

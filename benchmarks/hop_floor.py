@@ -24,6 +24,8 @@ from fastapi import FastAPI, Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from benchmarks.bare_app import chat_completion
+
 __all__ = ["HOP_APPS", "hop_apps"]
 
 # route prefix of each model-free app, beside the graph behind the same proxy
@@ -34,19 +36,10 @@ _via = FastAPI(title="hop1: no model, one handle call")
 
 
 def _answer(body: dict[str, Any]) -> dict[str, Any]:
-    """A chat completion of the bare app's shape, without a model: the body's last message
-    echoed (so the request is read, as every arm reads it)."""
+    """The bare app's answer shape (`benchmarks.bare_app.chat_completion`) without a model:
+    the body's last message echoed (so the request is read, as every arm reads it)."""
     text = str(body["messages"][-1]["content"])
-    return {
-        "id": "chatcmpl-hop",
-        "object": "chat.completion",
-        "created": 0,
-        "model": str(body.get("model", "")),
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        ],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-    }
+    return chat_completion(str(body.get("model", "")), text, "stop", 0, 0)
 
 
 @serve.deployment(max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.05})
